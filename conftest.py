@@ -1,0 +1,1 @@
+"""Root conftest: makes the checkout importable in tests without installing it."""
