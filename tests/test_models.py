@@ -185,7 +185,9 @@ def test_default_init_bounds():
 @pytest.mark.parametrize("field,value,match", [("progressive", "bogus", "model.progressive"),
                                                ("resblock_type", "wide", "model.resblock_type"),
                                                ("nonlinearity", "tanhh", "model.nonlinearity"),
-                                               ("progressive_combine", "mul", "model.progressive_combine")])
+                                               ("progressive_combine", "mul", "model.progressive_combine"),
+                                               ("normalization", "InstanceNorm", "model.normalization"),
+                                               ("attention_type", "legacy", "model.attention_type")])
 def test_bad_options_raise(field, value, match):
     with pytest.raises(ValueError, match=match):
         get_model(small_unet(**{field: value}))

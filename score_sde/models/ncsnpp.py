@@ -294,9 +294,19 @@ class UNet(nn.Module):
         return h, pyramid
 
 
+def check_fixed_choices(model_config) -> None:
+    """Fields of the published configs that name the only choice implemented here."""
+    fixed = {"attention_type": "ddpm", "normalization": "groupnorm", "conv_size": 3}
+    for name, only in fixed.items():
+        value = model_config.get(name, only)
+        if (value.lower() if isinstance(value, str) else value) != only:
+            raise ValueError(f"model.{name}={value!r} is not supported; the only choice is {only!r}")
+
+
 def options_from_config(config) -> UNetOptions:
     """The NCSN++ options read from ``config.model`` / ``config.data`` (see docs_models.md)."""
     m, d = config.model, config.data
+    check_fixed_choices(m)
     embedding = m.embedding_type.lower()
     if embedding == "fourier" and not config.training.get("continuous", True):
         raise ValueError("model.embedding_type='fourier' needs continuous noise labels: set training.continuous=True "
