@@ -122,9 +122,8 @@ def _twin_models(**model):
     for m in (a, b):
         m.eval()
         with torch.no_grad():  # non-zero output layers so the outputs are informative
-            for p in m.parameters():
-                p.copy_(torch.sin(torch.arange(p.numel(), dtype=p.dtype)).reshape(p.shape) * 0.1) \
-                    if p.requires_grad else None
+            for p in (p for p in m.parameters() if p.requires_grad):
+                p.copy_(torch.sin(torch.arange(p.numel(), dtype=p.dtype)).reshape(p.shape) * 0.1)
     return a, b
 
 

@@ -257,7 +257,7 @@ class UNet(nn.Module):
                 pyramid = level.pyramid_down(pyramid)
                 h = level.combine(pyramid, h)
             elif self.progressive_input == "residual":
-                pyramid = layers._merge(level.pyramid_down(pyramid), h, o.skip_rescale)
+                pyramid = layers.residual_sum(level.pyramid_down(pyramid), h, o.skip_rescale)
                 h = pyramid
             hs.append(h)
 
@@ -289,7 +289,7 @@ class UNet(nn.Module):
             if level.pyramid_upsample is None:  # the lowest resolution starts the pyramid
                 pyramid = level.pyramid_conv(self.act(level.pyramid_norm(h)))
             else:
-                pyramid = layers._merge(level.pyramid_upsample(pyramid), h, self.opts.skip_rescale)
+                pyramid = layers.residual_sum(level.pyramid_upsample(pyramid), h, self.opts.skip_rescale)
                 h = pyramid
         return h, pyramid
 
