@@ -1,0 +1,121 @@
+"""Exact conversions between what a network predicts, and the wrapping of a network into score_fn.
+
+With x_t = m x_0 + s eps, the four targets are tied by
+    score = -eps / s                        (Tweedie / DSM target, Song et al. 2021 eq. 7)
+    x_0   = (x_t - s eps) / m
+    v     = (m eps - s x_0) / sqrt(m^2 + s^2)  (Salimans & Ho 2022 for m^2 + s^2 = 1; scale-free otherwise)
+Every conversion goes through eps, so all of them are mutual inverses. A network declares what it
+predicts (its `prediction` attribute); this module is the only place that converts it.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from .sde_lib import SDE
+from .utils import batch_broadcast, check_time
+
+PREDICTIONS = ("eps", "score", "x0", "v")
+TensorFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _check(name: str) -> None:
+    if name not in PREDICTIONS:
+        raise ValueError(f"unknown prediction {name!r}; choose one of {PREDICTIONS}")
+
+
+def to_eps(pred: torch.Tensor, x: torch.Tensor, m: torch.Tensor, s: torch.Tensor, src: str) -> torch.Tensor:
+    """eps implied by a prediction of kind `src` at x_t = x (m, s broadcast against x)."""
+    if src == "eps":
+        return pred
+    if src == "score":
+        return -s * pred
+    if src == "x0":
+        return (x - m * pred) / s
+    r2 = m ** 2 + s ** 2  # v: eps = (s x_t / r^2) + (m / r) v
+    return s * x / r2 + m * pred / torch.sqrt(r2)
+
+
+def from_eps(eps: torch.Tensor, x: torch.Tensor, m: torch.Tensor, s: torch.Tensor, dst: str) -> torch.Tensor:
+    """Prediction of kind `dst` implied by eps at x_t = x."""
+    if dst == "eps":
+        return eps
+    if dst == "score":
+        return -eps / s
+    x0 = (x - s * eps) / m
+    if dst == "x0":
+        return x0
+    return (m * eps - s * x0) / torch.sqrt(m ** 2 + s ** 2)
+
+
+def convert(pred: torch.Tensor, x: torch.Tensor, m: torch.Tensor, s: torch.Tensor,
+            src: str, dst: str) -> torch.Tensor:
+    """Exact conversion of a prediction between 'eps', 'score', 'x0' and 'v'.
+
+    m and s are per-sample [B] tensors (or scalars); they are broadcast against x.
+    """
+    _check(src)
+    _check(dst)
+    if src == dst:
+        return pred
+    m, s = (batch_broadcast(v, x) if torch.is_tensor(v) and v.dim() == 1 else v for v in (m, s))
+    return from_eps(to_eps(pred, x, m, s, src), x, m, s, dst)
+
+
+def marginal_coeffs(sde: SDE, t: torch.Tensor, continuous: bool,
+                    like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(m, s) that a network trained in continuous or discrete time assumes at time t."""
+    if continuous:
+        return sde.mean_coeff(t).to(like.dtype), sde.marginal_std(t).to(like.dtype)
+    return sde.discrete_marginal(sde.discrete_index(t), like=like)
+
+
+def model_prediction_kind(model: nn.Module, prediction: Optional[str]) -> str:
+    """What the network predicts: explicit argument first, else the model's `prediction` attribute."""
+    inner = getattr(model, "module", model)  # look through DistributedDataParallel / compile wrappers
+    kind = prediction or getattr(model, "prediction", None) or getattr(inner, "prediction", None)
+    if kind is None:
+        raise ValueError("the network does not declare what it predicts; set model.prediction "
+                         f"(config.model.prediction) to one of {PREDICTIONS}")
+    _check(kind)
+    return kind
+
+
+def get_prediction_fn(sde: SDE, model: nn.Module, dst: str, *, continuous: bool = True,
+                      prediction: Optional[str] = None, train: bool = False) -> TensorFn:
+    """Wrap a network model(x, labels) into fn(x, t) returning the `dst` prediction at time t."""
+    src = model_prediction_kind(model, prediction)
+    _check(dst)
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        check_time(x, t)
+        if isinstance(model, nn.Module):
+            model.train(train)
+        out = model(x, sde.network_label(t, continuous)).to(x.dtype)  # convert in full precision
+        if out.shape != x.shape:
+            raise ValueError(f"network output shape {tuple(out.shape)} differs from its input "
+                             f"{tuple(x.shape)}; the model must return a tensor shaped like x")
+        m, s = marginal_coeffs(sde, t, continuous, out)
+        return convert(out, x, m, s, src, dst)
+
+    return fn
+
+
+def get_score_fn(sde: SDE, model: nn.Module, *, continuous: bool = True,
+                 prediction: Optional[str] = None, train: bool = False) -> TensorFn:
+    """Wrap a network into score_fn(x, t) = grad_x log p_t(x), the interface of every sampler."""
+    return get_prediction_fn(sde, model, "score", continuous=continuous,
+                             prediction=prediction, train=train)
+
+
+def score_to_prediction_fn(sde: SDE, score_fn: TensorFn, dst: str) -> TensorFn:
+    """Turn any score_fn (e.g. an analytic one) into fn(x, t) returning `dst` under the continuous marginal."""
+    _check(dst)
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        m, s = sde.mean_coeff(t).to(x.dtype), sde.marginal_std(t).to(x.dtype)
+        return convert(score_fn(x, t), x, m, s, "score", dst)
+
+    return fn
