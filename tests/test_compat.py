@@ -179,3 +179,31 @@ def test_tensors_inside_a_block_are_paired_by_name_and_ema_is_reordered():
     inverse = {ok: sk for sk, ok in mapping.items()}
     for (our_name, _), s in zip(model.named_parameters(), ema["shadow_params"]):
         assert s.flatten()[0].item() == trainable_src.index(inverse[our_name])
+
+
+def test_converted_ema_feeds_the_training_ema_and_score_fn():
+    from score_sde import parameterization, sde_lib
+    from score_sde.models.ema import ExponentialMovingAverage
+    from test_models import small_unet
+
+    torch.manual_seed(0)
+    cfg = small_unet()
+    model = get_model(cfg)
+    state = model.state_dict()
+    # original-style names for this small model: one all_modules entry per block, tensors in order
+    names = OrderedDict((ours, ours if ours == "sigmas" else f"all_modules.{i}.t{j}.{ours.rsplit('.', 1)[-1]}")
+                        for i, group in enumerate(compat._our_groups(model, with_buffers=True))
+                        for j, (ours, _, _) in enumerate(group))
+    shadow = [p.detach() + 1.0 for p in model.parameters() if p.requires_grad]
+    src = {"model": OrderedDict(("module." + names[k], state[k]) for k in names),
+           "ema": {"decay": 0.99, "num_updates": 3, "shadow_params": shadow}, "step": 3}
+    converted = compat.load_score_sde_pytorch(src, model, which="model")
+    ema = ExponentialMovingAverage(model.parameters(), decay=0.5)
+    ema.load_state_dict(converted["ema"])
+    ema.copy_to(model.parameters())
+    assert all(torch.equal(p, s) for p, s in zip([p for p in model.parameters() if p.requires_grad], shadow))
+    sde = sde_lib.VESDE(sigma_min=0.01, sigma_max=50.0, N=10)
+    score_fn = parameterization.get_score_fn(sde, model.eval(), continuous=True)
+    x = torch.rand(2, 2, 8, 8)
+    out = score_fn(x, torch.tensor([0.3, 0.9]))
+    assert out.shape == x.shape and model.prediction == "score" and torch.isfinite(out).all()
