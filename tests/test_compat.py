@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from score_sde.models import compat, get_model
-from compat_configs import COMPAT_DIR, LAYOUTS, config_for, load_layout
+from test_models import COMPAT_DIR, LAYOUTS, config_for, load_layout, small_unet
 
 
 def _is_trainable(layout: dict, key: str) -> bool:
@@ -184,7 +184,6 @@ def test_tensors_inside_a_block_are_paired_by_name_and_ema_is_reordered():
 def test_converted_ema_feeds_the_training_ema_and_score_fn():
     from score_sde import parameterization, sde_lib
     from score_sde.models.ema import ExponentialMovingAverage
-    from test_models import small_unet
 
     torch.manual_seed(0)
     cfg = small_unet()

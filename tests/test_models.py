@@ -1,12 +1,34 @@
 """Model registry, layouts of the published configs, forward shapes and exact small-scale properties."""
+import json
 import math
+import os
+from pathlib import Path
 
 import ml_collections
 import pytest
 import torch
 
 from score_sde.models import get_model, layers, registered_models
-from compat_configs import LAYOUTS, config_for, load_layout
+
+# score_sde_pytorch layout files (one JSON per published config: model config, parameter count,
+# ordered state-dict entries); SCORE_SDE_COMPAT_DIR overrides the location.
+COMPAT_DIR = Path(os.environ.get("SCORE_SDE_COMPAT_DIR", "/work/shared/compat"))
+LAYOUTS = sorted(p.stem for p in COMPAT_DIR.glob("*.json"))
+
+
+def load_layout(name: str) -> dict:
+    return json.loads((COMPAT_DIR / f"{name}.json").read_text())
+
+
+def config_for(name: str) -> ml_collections.ConfigDict:
+    """The model config of a layout plus its data/training settings (CIFAR-10 32x32x3, CelebA-HQ 256x256x3)."""
+    layout = load_layout(name)
+    sde = name.split("__")[0]
+    return ml_collections.ConfigDict({
+        "model": dict(layout["model_config"]),
+        "data": {"image_size": 256 if "celebahq" in name else 32, "num_channels": 3, "centered": sde != "ve"},
+        "training": {"continuous": True, "sde": {"vp": "vpsde", "subvp": "subvpsde", "ve": "vesde"}[sde]},
+    })
 
 
 def small_unet(name="ncsnpp", sde="vesde", **model):

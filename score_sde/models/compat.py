@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import pickle
 import sys
 from collections import OrderedDict
 from pathlib import Path
@@ -149,7 +150,7 @@ def _load_source(path_or_dict: Union[str, os.PathLike, Mapping[str, Any]]) -> Ma
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a corrupt file or one that needs pickled code
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:  # corrupt, or needs pickled code
         raise ValueError(f"cannot read {path} as a weights-only torch checkpoint: {err}") from None
 
 
