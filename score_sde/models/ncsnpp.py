@@ -308,7 +308,8 @@ def options_from_config(config) -> UNetOptions:
     m, d = config.model, config.data
     check_fixed_choices(m)
     embedding = m.embedding_type.lower()
-    if embedding == "fourier" and not config.training.get("continuous", True):
+    training = config.get("training", None) or {}
+    if embedding == "fourier" and not training.get("continuous", True):
         raise ValueError("model.embedding_type='fourier' needs continuous noise labels: set training.continuous=True "
                          "or use embedding_type='positional'")
     return UNetOptions(
