@@ -12,8 +12,13 @@ from score_sde.models import get_model, layers, registered_models
 
 # score_sde_pytorch layout files (one JSON per published config: model config, parameter count,
 # ordered state-dict entries); SCORE_SDE_COMPAT_DIR overrides the location.
-COMPAT_DIR = Path(os.environ.get("SCORE_SDE_COMPAT_DIR", "/work/shared/compat"))
+COMPAT_DIR = Path(os.environ.get("SCORE_SDE_COMPAT_DIR", Path(__file__).parent / "data" / "compat"))
 LAYOUTS = sorted(p.stem for p in COMPAT_DIR.glob("*.json"))
+
+
+def test_layout_files_are_present():
+    """Guards the parametrized layout tests below against silently running on zero files."""
+    assert len(LAYOUTS) == 7, f"expected the 7 published layouts in {COMPAT_DIR}, found {LAYOUTS}"
 
 
 def load_layout(name: str) -> dict:
