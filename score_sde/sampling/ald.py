@@ -20,7 +20,7 @@ from .registry import register_sampler
 
 
 @register_sampler("ald")
-def ald_sampler(sde, shape: Sequence[int], *, step_size: float = 2e-5, n_steps_each: int = 1,
+def ald_sampler(sde, shape: Sequence[int], *, step_size: float = 2e-4, n_steps_each: int = 1,
                 steps: Optional[int] = None, noise_removal: bool = True, eps: Optional[float] = None,
                 device=None, dtype: torch.dtype = torch.float32, progress: bool = False):
     """Annealed Langevin over `steps` levels (None: all N), `n_steps_each` Langevin steps per level."""
