@@ -219,6 +219,29 @@ def test_ddim_step_is_eq_12_with_eq_16_sigma():
     torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
 
 
+def test_ve_ddim_and_ddpm_are_the_smld_formulas():
+    """VE, eta = 0: x_s = x0 + (s_s/s_t)(x_t - x0); ancestral: x + (s_t^2 - s_s^2) score + sqrt(beta_tilde) z."""
+    sde, data = sde_lib.VESDE(sigma_min=0.01, sigma_max=20.0, N=30), gaussian()
+    score_fn, sig, times = data.discrete_score_fn(sde), sde.discrete_sigmas, sde.discrete_times()
+    x_T = 20.0 * torch.randn(40, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    x, _ = sampling.get_sampler("ddim", sde, x_T.shape, steps=30, dtype=torch.float64)(score_fn, x_T=x_T)
+    y = x_T
+    for i in range(29, -1, -1):
+        x0 = y + sig[i] ** 2 * score_fn(y, torch.full((40,), float(times[i])))
+        y = x0 + (sig[i - 1] / sig[i]) * (y - x0) if i > 0 else x0
+    torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+    x, _ = sampling.get_sampler("ddpm", sde, x_T.shape, variance="beta_tilde", dtype=torch.float64)(
+        score_fn, generator=torch.Generator().manual_seed(5), x_T=x_T)
+    g, y = torch.Generator().manual_seed(5), x_T
+    for i in range(29, -1, -1):
+        prev = sig[i - 1] if i > 0 else torch.tensor(0.0, dtype=torch.float64)
+        y = y + (sig[i] ** 2 - prev ** 2) * score_fn(y, torch.full((40,), float(times[i])))
+        if i > 0:
+            y = y + torch.sqrt(prev ** 2 * (sig[i] ** 2 - prev ** 2) / sig[i] ** 2) * torch.randn(
+                y.shape, dtype=y.dtype, generator=g)
+    torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+
+
 # ----------------------------------------------------------------------------- (4) plumbing
 ALL = [("ddpm", {}), ("ddim", {"steps": 5, "eta": 0.5}), ("ald", {"steps": 5, "n_steps_each": 2}),
        ("pc", {"steps": 5, "n_steps_each": 2})]
@@ -263,6 +286,8 @@ def test_x_T_shape_mismatch_raises(ring, name):
     ("pc", {"predictor": "none", "corrector": "none"}, "both 'none'"),
     ("pc", {"predictor": "ancestral_sampling", "probability_flow": True}, "reverse_diffusion"),
     ("pc", {"snr": -1.0}, "snr"),
+    ("pc", {"noise_removal": "yes"}, "noise_removal must be True or False"),
+    ("ald", {"noise_removal": 1}, "noise_removal must be True or False"),
     ("ddim", {"eps": 2.0, "steps": 5}, "eps"),
     ("ddim", {"etaa": 0.0}, "valid options"),
 ])

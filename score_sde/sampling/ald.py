@@ -26,6 +26,7 @@ def ald_sampler(sde, shape: Sequence[int], *, step_size: float = 2e-4, n_steps_e
     """Annealed Langevin over `steps` levels (None: all N), `n_steps_each` Langevin steps per level."""
     step_size = algebra.check_positive("step_size", step_size)
     common.check_positive_int("n_steps_each", n_steps_each)
+    algebra.check_bool("noise_removal", noise_removal)
     levels = algebra.level_sequence(sde.N, algebra.resolve_steps(sde, steps), "uniform")
     times = algebra.level_times(sde, algebra.resolve_eps(sde, eps))[levels]
     ms, ss = algebra.level_coeffs(sde, levels)
