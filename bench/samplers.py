@@ -36,7 +36,7 @@ GRID: Dict[str, List[dict]] = {
     "ddpm": [{"steps": 100}, {"steps": 1000}, {"steps": 1000, "variance": "beta_tilde"}],
     "ddim": [{"steps": 10}, {"steps": 20}, {"steps": 50}, {"steps": 100}, {"steps": 20, "skip_type": "quadratic"}],
     "ald": [{"steps": 200}, {}],
-    "pc": [{"steps": 100}, {"steps": 500}, {}, {"predictor": "euler_maruyama", "corrector": "none"}],
+    "pc": [{"steps": 100}, {}, {"predictor": "euler_maruyama", "corrector": "none"}],
     "heun": [{"steps": 10}, {"steps": 18}, {"steps": 35}],
     "dpm_solver": [{"steps": 10}, {"steps": 15}, {"steps": 20}],
     "ode": [{}],
