@@ -263,7 +263,7 @@ def test_reproducible_dtype_shape_and_nfe(ring, name, options):
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert nfe == EXPECTED_NFE[name]
     assert calls and set(calls[0]) == {"i", "t", "x", "x0"}
-    x32, _ = sampling.get_sampler(name, sde, shape, **options)(ring.score_fn(sde))
+    x32, _ = sampling.get_sampler(name, sde, shape, progress=True, **options)(ring.score_fn(sde))
     assert x32.dtype == torch.float32
 
 
@@ -305,3 +305,11 @@ def test_level_sequence_spans_top_to_bottom():
         levels = algebra.level_sequence(1000, 50, skip)
         assert levels[0] == 999 and levels[-1] == 0 and (levels[1:] < levels[:-1]).all()
     assert algebra.level_sequence(1000, 1).tolist() == [999]
+
+
+def test_ddim_invert_rejects_bad_input(ring):
+    sde = sde_lib.VPSDE(N=50)
+    with pytest.raises(ValueError, match="x0 must be a tensor"):
+        ddim_invert(sde, torch.zeros(3), ring.score_fn(sde), steps=5)
+    with pytest.raises(ValueError, match="steps"):
+        ddim_invert(sde, torch.zeros(3, 2), ring.score_fn(sde), steps=51)
