@@ -83,7 +83,8 @@ def test_error_falls_as_steps_rise(name, grid):
         ref = ref / sde.mean_coeff(torch.tensor([1e-3], dtype=torch.float64))
     errors = []
     for budget in grid:
-        opts = {"rtol": budget, "atol": budget} if name == "ode" else {"steps": budget}
+        # sigma_max=None: start at sigma(T) as the reference does (the default starts at EDM's 80 from pure noise)
+        opts = {"rtol": budget, "atol": budget} if name == "ode" else {"steps": budget, "sigma_max": None}
         x, _ = sampling.get_sampler(name, sde, (300, 2), dtype=torch.float64, **opts)(score, x_T=x_T)
         errors.append(float((x - ref).norm(dim=1).mean()))
     assert errors[0] > 2 * errors[1] > 4 * errors[2], errors
@@ -144,16 +145,33 @@ def test_ode_noise_removal_is_tweedie():
 @pytest.mark.parametrize("sde_name", list(SDES))
 @pytest.mark.parametrize("name,low,high", [("heun", 100, 200), ("dpm_solver", 50, 100)])
 def test_sigma_space_solvers_track_gaussian_trajectory(sde_name, name, low, high):
-    """Many steps in float64: close to the closed form, and the error shrinks at least at 2nd order."""
+    """Many steps in float64: close to the closed form, and the error shrinks at least at 2nd order.
+    sigma_max=None starts at sigma(T), on the closed-form trajectory from x_T."""
     sde = SDES[sde_name]()
     x_T = x_T_for(sde)
     t_end = 0.0 if name == "heun" else sde.sampling_eps   # heun ends at sigma = 0, dpm_solver at eps
     exact = pf_closed_form(sde, x_T, sde.T, t_end)
     errs = []
     for steps in (low, high):
-        x, _ = sampling.get_sampler(name, sde, x_T.shape, steps=steps, dtype=torch.float64)(GAUSS.score_fn(sde), x_T=x_T)
+        x, _ = sampling.get_sampler(name, sde, x_T.shape, steps=steps, sigma_max=None, dtype=torch.float64)(
+            GAUSS.score_fn(sde), x_T=x_T)
         errs.append(float((x - exact).abs().max()))
     assert errs[1] < 2e-3 and errs[0] > 3.5 * errs[1], errs
+
+
+@pytest.mark.parametrize("sde_name", ["vp", "subvp"])
+@pytest.mark.parametrize("name", ["heun", "dpm_solver"])
+def test_capped_sigma_max_starts_from_rescaled_prior_noise(sde_name, name):
+    """Default sigma_max = 80 < sigma(T) = 152: the solver starts at t0 = t(80) from x = s(t0) x_T / s(T) and
+    follows the closed-form trajectory from there (the prior mismatch at sigma = 80 is the only change)."""
+    sde = SDES[sde_name]()
+    x_T = x_T_for(sde)
+    t0 = float(sde.t_from_sigma(torch.tensor([80.0], dtype=torch.float64))[0])
+    start = x_T * coeffs(sde, t0)[1] / coeffs(sde, sde.T)[1]
+    t_end = 0.0 if name == "heun" else sde.sampling_eps
+    x, nfe = sampling.get_sampler(name, sde, x_T.shape, steps=200, dtype=torch.float64)(GAUSS.score_fn(sde), x_T=x_T)
+    torch.testing.assert_close(x, pf_closed_form(sde, start, t0, t_end), rtol=0, atol=2e-3)
+    assert (x - pf_closed_form(sde, x_T, sde.T, t_end)).abs().max() > 5e-3  # a different start than T's
 
 
 def test_dpm_solver_denoise_to_zero_returns_data_prediction():

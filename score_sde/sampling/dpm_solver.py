@@ -14,7 +14,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from .common import Callback, CountingScore, ScoreFn, batch_time, check_positive_int, initial_state
+from .common import (EDM_SIGMA_MAX, Callback, CountingScore, ScoreFn, batch_time, check_positive_int, initial_state,
+                     prior_noise, start_sigma)
 from .common import progress as progress_bar
 from .ode import resolve_eps, tweedie_denoise
 from .registry import register_sampler
@@ -23,9 +24,10 @@ SKIP_TYPES = ("logSNR", "time_uniform", "time_quadratic")
 ORDERS = (1, 2, 3)
 
 
-def time_grid(sde, skip_type: str, eps: float, steps: int) -> torch.Tensor:
-    """steps + 1 times from T down to eps (float64): uniform in lambda = -log sigma, in t, or in sqrt(t)."""
-    T = sde.T
+def time_grid(sde, skip_type: str, eps: float, steps: int, T: Optional[float] = None) -> torch.Tensor:
+    """steps + 1 times from T (default sde.T) down to eps (float64): uniform in lambda = -log sigma, in t,
+    or in sqrt(t)."""
+    T = sde.T if T is None else T
     if skip_type == "logSNR":
         lam = -torch.log(sde.sigma(torch.tensor([T, eps], dtype=torch.float64)))
         lams = torch.linspace(float(lam[0]), float(lam[1]), steps + 1, dtype=torch.float64)
@@ -76,20 +78,27 @@ def _check(order: int, skip_type: str) -> None:
 @register_sampler("dpm_solver")
 def dpm_solver_sampler(sde, shape: Sequence[int], *, steps: int = 20, order: int = 3,
                        skip_type: str = "logSNR", lower_order_final: bool = True,
-                       denoise_to_zero: bool = False, eps: Optional[float] = None, device=None,
-                       dtype: torch.dtype = torch.float32, progress: bool = False) -> Callable:
-    """DPM-Solver++ multistep sampler from T to eps.
+                       denoise_to_zero: bool = False, sigma_max: Optional[float] = EDM_SIGMA_MAX,
+                       eps: Optional[float] = None, device=None, dtype: torch.dtype = torch.float32,
+                       progress: bool = False) -> Callable:
+    """DPM-Solver++ multistep sampler from t(min(sigma(T), sigma_max)) to eps.
 
     order: 1 (= DDIM), 2 (2M) or 3 (3M); the first steps use lower orders while the history fills
     (warm-up). lower_order_final: with fewer than 15 steps, the last steps drop to order
     (steps - i + 1), which is stabler; with more steps it has no effect (keeps the full order).
     skip_type: "logSNR" (uniform in lambda = -log sigma, default), "time_uniform", "time_quadratic".
     denoise_to_zero: return the final data prediction E[x0 | x_eps] instead of x_eps (one more NFE).
+    sigma_max: highest noise level (EDM's 80); the solver starts at t_0 = t(min(sigma(T), sigma_max)) from
+    x = s(t_0) x_T / s(T), the prior draw's noise at that level. None starts at T (VP: sigma(T) = 152).
     """
     check_positive_int("steps", steps)
     _check(order, skip_type)
     eps = resolve_eps(sde, eps)
-    times = time_grid(sde, skip_type, eps, steps)
+    top = start_sigma(sde, sigma_max)
+    t_start = min(sde.T, float(sde.t_from_sigma(torch.tensor([top], dtype=torch.float64))[0]))
+    if not t_start > eps:
+        raise ValueError(f"sigma_max={sigma_max} must exceed sigma(eps); raise it or lower eps")
+    times = time_grid(sde, skip_type, eps, steps, t_start)
     lams = (-torch.log(sde.sigma(times))).tolist()
     ms, ss = sde.mean_coeff(times).tolist(), sde.marginal_std(times).tolist()
     times = times.tolist()
@@ -99,6 +108,8 @@ def dpm_solver_sampler(sde, shape: Sequence[int], *, steps: int = 20, order: int
                 x_T: Optional[torch.Tensor] = None, callback: Callback = None) -> Tuple[torch.Tensor, int]:
         counted = CountingScore(score_fn)
         x = initial_state(sde, shape, x_T, generator, device=device, dtype=dtype)
+        if t_start < sde.T:                                      # pure noise at the lower start level
+            x = ss[0] * prior_noise(sde, x)
         with torch.no_grad():
             x0s = [tweedie_denoise(sde, counted, x, batch_time(times[0], x))]
             for i in progress_bar(range(1, steps + 1), progress, "dpm_solver"):

@@ -3,8 +3,9 @@
 Every SDE here is a scaled VE: x_hat = x / m(t) is data plus noise of std sigma(t) = s/m, and follows
     dx_hat/dsigma = (x_hat - D(x_hat; sigma)) / sigma          (EDM eq. 3 with s = 1, sigma(t) = t)
 with D the denoiser E[x0 | x_hat] = x_hat + sigma^2 * m * score_x(m x_hat, t(sigma)) (Tweedie). The
-solver steps through EDM's sigma schedule (eq. 5) from sigma(T) down to sigma(eps), then takes a last
-Euler step to sigma = 0, so the result is the denoised sample and NFE = 2 * steps - 1.
+solver steps through EDM's sigma schedule (eq. 5) from sigma_max = min(sigma(T), 80) down to sigma(eps),
+then takes a last Euler step to sigma = 0, so the result is the denoised sample and NFE = 2 * steps - 1.
+Starting below sigma(T) reuses the prior draw's noise, x_hat = sigma_max * x_T / prior_std (EDM line 2).
 """
 from __future__ import annotations
 
@@ -14,15 +15,17 @@ from typing import Callable, Optional, Sequence, Tuple
 import torch
 
 from ..utils import randn_like
-from .common import (Callback, CountingScore, ScoreFn, batch_time, check_positive_int, edm_sigmas,
-                     initial_state, progress as progress_bar)
+from .common import (EDM_SIGMA_MAX, Callback, CountingScore, ScoreFn, batch_time, check_positive_int, edm_sigmas,
+                     initial_state, prior_noise, progress as progress_bar, start_sigma)
 from .ode import resolve_eps, tweedie_denoise
 from .registry import register_sampler
 
 
-def sigma_range(sde, eps: float) -> Tuple[float, float]:
-    """(sigma(eps), sigma(T)): the noise levels a sigma-space sampler runs between."""
-    lo, hi = sde.sigma(torch.tensor([eps, sde.T], dtype=torch.float64)).tolist()
+def sigma_range(sde, eps: float, sigma_max: Optional[float] = EDM_SIGMA_MAX) -> Tuple[float, float]:
+    """(sigma(eps), min(sigma(T), sigma_max)): the noise levels a sigma-space sampler runs between."""
+    lo, hi = float(sde.sigma(torch.tensor([eps], dtype=torch.float64))[0]), start_sigma(sde, sigma_max)
+    if not lo < hi:
+        raise ValueError(f"sigma_max={sigma_max} must exceed sigma(eps)={lo:.4g}; raise it or lower eps")
     return lo, hi
 
 
@@ -52,18 +55,20 @@ def _check_churn(churn: float, s_tmin: float, s_tmax: float, s_noise: float, rho
 @register_sampler("heun")
 def heun_sampler(sde, shape: Sequence[int], *, steps: int = 18, rho: float = 7.0, churn: float = 0.0,
                  s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
-                 eps: Optional[float] = None, device=None, dtype: torch.dtype = torch.float32,
-                 progress: bool = False) -> Callable:
+                 sigma_max: Optional[float] = EDM_SIGMA_MAX, eps: Optional[float] = None, device=None,
+                 dtype: torch.dtype = torch.float32, progress: bool = False) -> Callable:
     """Deterministic Heun sampler of EDM (churn=0), or its stochastic variant (churn > 0, Algorithm 2).
 
-    steps: number of sigma levels of eq. 5 between sigma(T) and sigma(eps); NFE = 2 * steps - 1.
+    steps: number of sigma levels of eq. 5 between min(sigma(T), sigma_max) and sigma(eps); NFE = 2 * steps - 1.
+    rho: eq. 5's exponent (EDM: 7); rho=math.inf spaces the levels geometrically (uniform in log sigma).
+    sigma_max: highest level (EDM: 80); None starts at sigma(T) (VP: 152). x_T stays a prior draw either way.
     churn, s_tmin, s_tmax, s_noise: EDM's S_churn, S_tmin, S_tmax, S_noise. The raised level
-    sigma_hat = sigma (1 + gamma) is capped at sigma(T), so the score is never asked beyond T.
+    sigma_hat = sigma (1 + gamma) is capped at the start level, so the score is never asked beyond T.
     """
     check_positive_int("steps", steps)
     _check_churn(churn, s_tmin, s_tmax, s_noise, rho)
     eps = resolve_eps(sde, eps)
-    lo, hi = sigma_range(sde, eps)
+    lo, hi = sigma_range(sde, eps, sigma_max)
     sigmas = torch.cat([edm_sigmas(lo, hi, steps, rho), torch.zeros(1, dtype=torch.float64)]).tolist()
     gamma_max = min(churn / steps, math.sqrt(2) - 1)
 
@@ -72,7 +77,7 @@ def heun_sampler(sde, shape: Sequence[int], *, steps: int = 18, rho: float = 7.0
         counted = CountingScore(score_fn)
         denoise = edm_denoiser(sde, counted)
         x = initial_state(sde, shape, x_T, generator, device=device, dtype=dtype)
-        x = x / float(sde.mean_coeff(torch.tensor([sde.T], dtype=torch.float64))[0])  # x_hat at sigma(T)
+        x = hi * prior_noise(sde, x)                                # Alg. 1, line 2: x_0 ~ N(0, sigma_0^2 I)
         with torch.no_grad():
             for i in progress_bar(range(steps), progress, "heun"):
                 sigma, nxt = sigmas[i], sigmas[i + 1]
