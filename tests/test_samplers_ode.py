@@ -174,6 +174,13 @@ def test_capped_sigma_max_starts_from_rescaled_prior_noise(sde_name, name):
     assert (x - pf_closed_form(sde, x_T, sde.T, t_end)).abs().max() > 5e-3  # a different start than T's
 
 
+def test_edm_sigmas_rho_inf_is_geometric_limit_of_eq5():
+    from score_sde.sampling.common import edm_sigmas
+    geo = edm_sigmas(0.01, 80.0, 9, math.inf)
+    torch.testing.assert_close(geo, 80.0 * (0.01 / 80.0) ** (torch.arange(9, dtype=torch.float64) / 8))
+    torch.testing.assert_close(edm_sigmas(0.01, 80.0, 9, 1e7), geo, rtol=1e-5, atol=0)
+
+
 def test_dpm_solver_denoise_to_zero_returns_data_prediction():
     sde = sde_lib.VPSDE()
     x_T = x_T_for(sde)
@@ -262,6 +269,7 @@ def test_cuda_matches_cpu(name):
     ("ode", dict(solver="RK45", steps=10), "fixed-grid"), ("ode", dict(backend="torchdiffeq", solver="euler"), "steps"),
     ("ode", dict(rtol=0.0), "rtol"), ("ode", dict(eps=2.0), "eps"), ("heun", dict(steps=0), "steps"),
     ("heun", dict(rho=-1.0), "rho"), ("heun", dict(churn=-1.0), "churn"), ("heun", dict(s_tmin=2.0, s_tmax=1.0), "s_tmin"),
+    ("heun", dict(sigma_max=0.0), "sigma_max"), ("dpm_solver", dict(sigma_max=1e-4), "sigma_max"),
     ("dpm_solver", dict(order=4), "(1, 2, 3)"), ("dpm_solver", dict(skip_type="uniform"), "logSNR"),
     ("dpm_solver", dict(steps=2.5), "steps"), ("heun", dict(variance="beta"), "valid options"),
 ])

@@ -55,9 +55,10 @@ def edm_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0)
     return inv ** rho
 
 
-# EDM's largest noise level (Karras et al. 2022, sec. 5): starting from pure noise N(0, sigma_max^2 I) instead of
-# the true marginal p_data * N(0, sigma_max^2 I) costs a KL of about E|x0|^2 / (2 sigma_max^2) nats, negligible
-# for data of unit scale. VP's sigma(T) = 152 (beta_max = 20) lies far above it: steps spent there are wasted.
+# EDM's largest noise level (Karras et al. 2022, sec. 5). Starting from pure noise N(0, sigma_max^2 I) instead
+# of the true marginal p_data * N(0, sigma_max^2 I) costs a KL of at most E|x0|^2 / (2 sigma_max^2) nats (by
+# convexity), negligible for data of unit scale. VP's sigma(T) = 152 (beta_max = 20) lies far above it, and
+# levels spent there are wasted.
 EDM_SIGMA_MAX = 80.0
 
 
