@@ -2,6 +2,7 @@
 
     python bench/samplers.py                       # full table (a few minutes on a 2-core CPU)
     python bench/samplers.py --n 1000 --quick      # smoke run
+    python bench/samplers.py --targets             # only the issue targets (heun 35, dpm_solver 20, ddpm 1000 NFE)
 
 Problems: (a) the 8-component ring in 2-D, (b) toy.random_mixture(16, 8, seed). SDEs: VP (N=1000) and VE
 (N=1000, sigma_min=0.01, sigma_max = largest distance between exact samples, Song & Ermon 2020 technique 1).
