@@ -1,0 +1,389 @@
+"""Data sets: 2-D toys (exact densities where known), sklearn digits, CIFAR-10 files, image folders.
+
+Images come out as float32 [C, H, W] in [0, 1]. A pixel with integer level k in 0..L-1 maps to
+``(k + 0.5) / L`` (bin centre), or to ``(k + u) / L`` with u ~ U[0, 1) per value when
+``config.data.uniform_dequantization`` is set, so the dequantized density lives on [0, 1]^D and
+bits/dim are well defined (Theis et al. 2016). 2-D toys come out as float32 [d].
+Randomness inside ``__getitem__`` (flip, dequantization) uses torch's global RNG, so DataLoader
+worker seeding and checkpointed RNG state govern it.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import pickle
+import tarfile
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+# every config key this module reads (documented in docs_data.md)
+CONFIG_KEYS = (
+    "data.dataset", "data.root", "data.image_size", "data.num_channels", "data.num_levels",
+    "data.uniform_dequantization", "data.random_flip", "data.centered", "data.eval_fraction",
+    "data.num_train", "data.num_eval", "data.seed",
+)
+TOY_DATASETS = ("toy_ring", "checkerboard", "moons", "swiss_roll")
+IMAGE_DATASETS = ("digits", "cifar10", "image_folder")
+DATASETS = TOY_DATASETS + IMAGE_DATASETS
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+SPLIT_SEED = 0  # fixed permutation for the digits and image-folder train/eval splits
+DIGITS_NUM_EVAL = 300
+CIFAR_DIR = "cifar-10-batches-py"
+CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
+CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR_TEST = ("test_batch",)
+
+
+def _opt(cfg: Any, key: str, default: Any) -> Any:
+    """``cfg.key`` if present (ConfigDict or any attribute object), else ``default``."""
+    return getattr(cfg, key, default)
+
+
+def _dataset_name(config: Any) -> str:
+    name = str(config.data.dataset).lower()
+    if name not in DATASETS:
+        raise ValueError(f"unknown config.data.dataset {config.data.dataset!r}; choose one of {DATASETS}")
+    return name
+
+
+# ----------------------------------------------------------------------------------------------
+# Dataset classes
+# ----------------------------------------------------------------------------------------------
+class PointDataset(Dataset):
+    """Fixed float32 points [N, d]; item i is the row [d]."""
+
+    num_levels = None
+
+    def __init__(self, points: torch.Tensor):
+        self.points = points.to(torch.float32).contiguous()
+        self.shape = tuple(self.points.shape[1:])
+
+    def __len__(self) -> int:
+        return self.points.shape[0]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.points[i]
+
+
+class _ImageDataset(Dataset):
+    """Shared per-item transform: integer levels -> [0, 1], dequantization, train-only flip."""
+
+    def __init__(self, num_levels: int, shape: Tuple[int, int, int], dequantize: bool, flip: bool):
+        self.num_levels, self.shape = int(num_levels), tuple(shape)
+        self.dequantize, self.flip = bool(dequantize), bool(flip)
+
+    def _levels(self, i: int) -> torch.Tensor:  # integer levels [C, H, W]
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        k = self._levels(i).to(torch.float32)
+        u = torch.rand(k.shape) if self.dequantize else torch.full(k.shape, 0.5)
+        x = (k + u) / self.num_levels  # k/L <= x < (k+1)/L
+        if self.flip and torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        return x
+
+
+class ArrayImageDataset(_ImageDataset):
+    """Images held in memory as integer levels [N, C, H, W]."""
+
+    def __init__(self, levels: torch.Tensor, num_levels: int, dequantize: bool, flip: bool):
+        super().__init__(num_levels, tuple(levels.shape[1:]), dequantize, flip)
+        self.levels = levels
+
+    def __len__(self) -> int:
+        return self.levels.shape[0]
+
+    def _levels(self, i: int) -> torch.Tensor:
+        return self.levels[i]
+
+
+class FileImageDataset(_ImageDataset):
+    """Images read lazily from files: mode RGB/L, centre-cropped to a square, resized (bicubic)."""
+
+    def __init__(self, files: Sequence[str], image_size: int, num_channels: int, dequantize: bool, flip: bool):
+        super().__init__(256, (num_channels, image_size, image_size), dequantize, flip)
+        self.files, self.image_size = list(files), int(image_size)
+        self.mode = "L" if num_channels == 1 else "RGB"
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _levels(self, i: int) -> torch.Tensor:
+        return load_image_levels(self.files[i], self.image_size, self.mode)
+
+
+def load_image_levels(path: str, image_size: int, mode: str) -> torch.Tensor:
+    """uint8 [C, S, S] of an image file: converted to ``mode``, centre-cropped square, resized."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert(mode)
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot read image {path} ({e}); remove or repair the file") from None
+    w, h = img.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    img = img.crop((left, top, left + side, top + side))
+    if side != image_size:
+        img = img.resize((image_size, image_size), Image.BICUBIC)
+    arr = np.asarray(img, dtype=np.uint8)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return torch.from_numpy(arr.copy())
+
+
+# ----------------------------------------------------------------------------------------------
+# 2-D toys
+# ----------------------------------------------------------------------------------------------
+def _ring(n: int, g: torch.Generator) -> torch.Tensor:
+    return ring_density().sample(n, generator=g)
+
+
+def _checkerboard(n: int, g: torch.Generator) -> torch.Tensor:
+    """Uniform on the 8 dark unit squares of a 4x4 board on [-2, 2]^2 (cells with i + j even)."""
+    cells = torch.tensor([(i, j) for i in range(4) for j in range(4) if (i + j) % 2 == 0], dtype=torch.float64)
+    c = cells[torch.randint(len(cells), (n,), generator=g)]
+    return c - 2.0 + torch.rand(n, 2, generator=g, dtype=torch.float64)
+
+
+def _moons(n: int, g: torch.Generator, noise: float = 0.1) -> torch.Tensor:
+    """Two interleaved half circles (upper: (cos a, sin a); lower: (1 - cos a, 0.5 - sin a)), centred, x2."""
+    a = math.pi * torch.rand(n, generator=g, dtype=torch.float64)
+    lower = torch.rand(n, generator=g, dtype=torch.float64) < 0.5
+    x = torch.where(lower, 1.0 - a.cos(), a.cos())
+    y = torch.where(lower, 0.5 - a.sin(), a.sin())
+    pts = torch.stack([x - 0.5, y - 0.25], dim=1) * 2.0
+    return pts + noise * torch.randn(n, 2, generator=g, dtype=torch.float64)
+
+
+def _swiss_roll(n: int, g: torch.Generator, noise: float = 0.05) -> torch.Tensor:
+    """2-D swiss roll: angle a = 1.5 pi (1 + 2u), point (a cos a, a sin a) / 5 plus Gaussian noise."""
+    a = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=g, dtype=torch.float64))
+    pts = torch.stack([a * a.cos(), a * a.sin()], dim=1) / 5.0
+    return pts + noise * torch.randn(n, 2, generator=g, dtype=torch.float64)
+
+
+TOY_SAMPLERS: Dict[str, Callable[[int, torch.Generator], torch.Tensor]] = {
+    "toy_ring": _ring, "checkerboard": _checkerboard, "moons": _moons, "swiss_roll": _swiss_roll,
+}
+
+
+def ring_density():
+    """The toy_ring data density (unscaled): score_sde.toy.ring_mixture() with its defaults."""
+    from .toy import ring_mixture
+
+    return ring_mixture()
+
+
+def sample_toy(name: str, n: int, seed: int) -> torch.Tensor:
+    """``n`` float64 points of toy ``name``, a deterministic function of ``seed``."""
+    if n < 1:
+        raise ValueError(f"toy data set size must be >= 1, got {n}; set config.data.num_train/num_eval")
+    return TOY_SAMPLERS[name](int(n), torch.Generator().manual_seed(int(seed)))
+
+
+def _toy_datasets(name: str, config: Any) -> Tuple[Dataset, Dataset]:
+    d = config.data
+    seed = int(_opt(d, "seed", 0))
+    train = sample_toy(name, int(_opt(d, "num_train", 10000)), 2 * seed)
+    evals = sample_toy(name, int(_opt(d, "num_eval", 2000)), 2 * seed + 1)
+    return PointDataset(train), PointDataset(evals)
+
+
+# ----------------------------------------------------------------------------------------------
+# Images
+# ----------------------------------------------------------------------------------------------
+def _check_geometry(name: str, config: Any, channels: int, size: int, levels: int) -> None:
+    d = config.data
+    got = (int(_opt(d, "num_channels", channels)), int(_opt(d, "image_size", size)),
+           int(_opt(d, "num_levels", levels)))
+    if got != (channels, size, levels):
+        raise ValueError(f"{name} images are {channels} channel(s), {size}x{size}, {levels} levels; config.data "
+                         f"asks num_channels={got[0]}, image_size={got[1]}, num_levels={got[2]}: set "
+                         f"num_channels={channels}, image_size={size}, num_levels={levels}")
+
+
+def fixed_split(n: int, num_eval: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Disjoint (train, eval) index arrays from a permutation fixed by SPLIT_SEED."""
+    perm = np.random.RandomState(SPLIT_SEED).permutation(n)
+    return np.sort(perm[num_eval:]), np.sort(perm[:num_eval])
+
+
+def _image_pair(levels: torch.Tensor, tr: np.ndarray, ev: np.ndarray, num_levels: int, config: Any):
+    deq = bool(_opt(config.data, "uniform_dequantization", False))
+    flip = bool(_opt(config.data, "random_flip", False))
+    return (ArrayImageDataset(levels[torch.from_numpy(tr)], num_levels, deq, flip),
+            ArrayImageDataset(levels[torch.from_numpy(ev)], num_levels, deq, False))
+
+
+def _digits_datasets(config: Any) -> Tuple[Dataset, Dataset]:
+    from sklearn.datasets import load_digits
+
+    _check_geometry("digits", config, 1, 8, 17)
+    levels = torch.from_numpy(load_digits().images.astype(np.int64)).unsqueeze(1)  # [1797, 1, 8, 8], 0..16
+    tr, ev = fixed_split(levels.shape[0], DIGITS_NUM_EVAL)
+    return _image_pair(levels, tr, ev, 17, config)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR batches: plain containers and numpy arrays only, never other code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy.core.numeric", "_frombuffer"),
+               ("numpy._core.numeric", "_frombuffer"), ("copy_reg", "_reconstructor"),
+               ("copyreg", "_reconstructor"), ("builtins", "bytearray")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
+        return super().find_class(module, name)
+
+
+def _parse_cifar_batch(raw: bytes, where: str) -> torch.Tensor:
+    expected = "a pickled dict with b'data' uint8 [N, 3072] and b'labels' (N ints)"
+    try:
+        batch = _RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as e:
+        raise ValueError(f"CIFAR-10 batch {where} is malformed ({type(e).__name__}: {e}); expected {expected}") from None
+    data = batch.get(b"data") if isinstance(batch, dict) else None
+    labels = batch.get(b"labels") if isinstance(batch, dict) else None
+    data = None if data is None else np.asarray(data)
+    if data is None or labels is None or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != data.shape[0] \
+            or data.dtype != np.uint8:
+        raise ValueError(f"CIFAR-10 batch {where} is malformed; expected {expected}")
+    return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
+
+
+def _cifar_source(root: str) -> Tuple[str, Optional[str]]:
+    """(folder or archive path, member prefix inside the archive) of the CIFAR-10 python files."""
+    for folder in (os.path.join(root, CIFAR_DIR), root):
+        if os.path.isfile(os.path.join(folder, CIFAR_TEST[0])):
+            return folder, None
+    for archive in (os.path.join(root, CIFAR_ARCHIVE), root):
+        if os.path.isfile(archive) and archive.endswith((".tar.gz", ".tgz", ".tar")):
+            return archive, CIFAR_DIR
+    raise FileNotFoundError(
+        f"CIFAR-10 not found under config.data.root={root!r}: expected {CIFAR_ARCHIVE} or the extracted folder "
+        f"{CIFAR_DIR}/ holding {', '.join(CIFAR_TRAIN + CIFAR_TEST)}")
+
+
+def load_cifar10_levels(root: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (train [50000, 3, 32, 32], test [10000, 3, 32, 32]) from the python archive or folder."""
+    src, prefix = _cifar_source(root)
+    names = CIFAR_TRAIN + CIFAR_TEST
+    raws: Dict[str, bytes] = {}
+    if prefix is None:
+        for n in names:
+            path = os.path.join(src, n)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"CIFAR-10 file {path} is missing; {src} must hold {', '.join(names)}")
+            with open(path, "rb") as f:
+                raws[n] = f.read()
+    else:
+        try:
+            with tarfile.open(src) as tar:
+                for n in names:
+                    try:
+                        member = tar.extractfile(f"{prefix}/{n}")
+                    except KeyError:
+                        member = None
+                    if member is None:
+                        raise FileNotFoundError(f"CIFAR-10 archive {src} lacks {prefix}/{n}; expected "
+                                                f"{prefix}/{{{', '.join(names)}}}")
+                    raws[n] = member.read()
+        except (tarfile.TarError, EOFError, OSError) as e:
+            if isinstance(e, FileNotFoundError):
+                raise
+            raise ValueError(f"CIFAR-10 archive {src} is not a readable tar.gz ({e}); re-download "
+                             f"{CIFAR_ARCHIVE}") from None
+    train = torch.cat([_parse_cifar_batch(raws[n], f"{src}:{n}") for n in CIFAR_TRAIN])
+    test = torch.cat([_parse_cifar_batch(raws[n], f"{src}:{n}") for n in CIFAR_TEST])
+    return train, test
+
+
+def _cifar_datasets(config: Any) -> Tuple[Dataset, Dataset]:
+    _check_geometry("cifar10", config, 3, 32, 256)
+    train, test = load_cifar10_levels(str(config.data.root))
+    levels = torch.cat([train, test])
+    n = train.shape[0]
+    return _image_pair(levels, np.arange(n), np.arange(n, levels.shape[0]), 256, config)
+
+
+def find_images(root: str) -> List[str]:
+    """All PNG/JPEG files under ``root`` (recursive), sorted by path."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"image folder config.data.root={root!r} does not exist; point it at a folder "
+                                f"of {'/'.join(IMAGE_EXTENSIONS)} files")
+    found = [os.path.join(dp, f) for dp, _, fs in os.walk(root) for f in fs if f.lower().endswith(IMAGE_EXTENSIONS)]
+    if not found:
+        raise FileNotFoundError(f"image folder {root!r} holds no {'/'.join(IMAGE_EXTENSIONS)} files")
+    return sorted(found)
+
+
+def _folder_datasets(config: Any) -> Tuple[Dataset, Dataset]:
+    d = config.data
+    channels, size = int(_opt(d, "num_channels", 3)), int(_opt(d, "image_size", 32))
+    if channels not in (1, 3):
+        raise ValueError(f"config.data.num_channels must be 1 (grey) or 3 (RGB) for image_folder, got {channels}")
+    if int(_opt(d, "num_levels", 256)) != 256:
+        raise ValueError("image_folder images are 8-bit: set config.data.num_levels=256")
+    frac = float(_opt(d, "eval_fraction", 0.1))
+    if not 0.0 < frac < 1.0:
+        raise ValueError(f"config.data.eval_fraction must be in (0, 1), got {frac}")
+    files = find_images(str(d.root))
+    num_eval = max(1, int(round(frac * len(files))))
+    if len(files) - num_eval < 1:
+        raise ValueError(f"image folder {d.root!r} has {len(files)} image(s): need at least 2 for a train/eval split")
+    tr, ev = fixed_split(len(files), num_eval)
+    deq, flip = bool(_opt(d, "uniform_dequantization", False)), bool(_opt(d, "random_flip", False))
+    return (FileImageDataset([files[i] for i in tr], size, channels, deq, flip),
+            FileImageDataset([files[i] for i in ev], size, channels, deq, False))
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------
+def get_dataset(config: Any) -> Tuple[Dataset, Dataset]:
+    """(train_ds, eval_ds) for ``config.data.dataset``; every item is a float32 tensor.
+
+    Each returned data set has ``.shape`` (item shape) and ``.num_levels`` (None for toys)."""
+    name = _dataset_name(config)
+    if name in TOY_DATASETS:
+        return _toy_datasets(name, config)
+    if name == "digits":
+        return _digits_datasets(config)
+    if name == "cifar10":
+        return _cifar_datasets(config)
+    return _folder_datasets(config)
+
+
+def get_data_scaler(config: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Data -> model space: x -> 2x - 1 (maps [0, 1] to [-1, 1]) if config.data.centered, else identity."""
+    if bool(_opt(config.data, "centered", False)):
+        return lambda x: x * 2.0 - 1.0
+    return lambda x: x
+
+
+def get_data_inverse_scaler(config: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Model space -> data: the inverse of :func:`get_data_scaler`."""
+    if bool(_opt(config.data, "centered", False)):
+        return lambda x: (x + 1.0) / 2.0
+    return lambda x: x
+
+
+def get_toy_density(config: Any):
+    """The exact GaussianMixture of toy_ring in the scaled (model) space, else None.
+
+    With centered data the scaler x -> 2x - 1 maps N(mu, S) to N(2 mu - 1, 4 S)."""
+    if _dataset_name(config) != "toy_ring":
+        return None
+    gm = ring_density()
+    if not bool(_opt(config.data, "centered", False)):
+        return gm
+    return type(gm)(gm.weights, 2.0 * gm.means - 1.0, 4.0 * gm.covs)

@@ -1,0 +1,201 @@
+"""Model registry, layouts of the published configs, forward shapes and exact small-scale properties."""
+import math
+
+import ml_collections
+import pytest
+import torch
+
+from score_sde.models import get_model, layers, registered_models
+from compat_configs import LAYOUTS, config_for, load_layout
+
+
+def small_unet(name="ncsnpp", sde="vesde", **model):
+    base = dict(name=name, nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0,
+                resamp_with_conv=True, conditional=True, fir=False, fir_kernel=(1, 3, 3, 1), skip_rescale=True,
+                resblock_type="biggan", progressive="none", progressive_input="none", progressive_combine="sum",
+                attention_type="ddpm", embedding_type="fourier", init_scale=0.0, fourier_scale=16, conv_size=3,
+                scale_by_sigma=False, nonlinearity="swish", normalization="GroupNorm", sigma_min=0.01, sigma_max=50.0,
+                num_scales=10, beta_min=0.1, beta_max=20.0)
+    base.update(model)
+    return ml_collections.ConfigDict({
+        "model": base, "data": {"image_size": 8, "num_channels": 2, "centered": sde != "vesde"},
+        "training": {"continuous": base["embedding_type"] == "fourier", "sde": sde}})
+
+
+# ----------------------------------------------------------------------------- published layouts
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_published_layouts_have_identical_parameters(layout):
+    ref = load_layout(layout)
+    with torch.device("meta"):
+        model = get_model(config_for(layout))
+    assert sum(p.numel() for p in model.parameters()) == ref["n_params"]
+    ours = [list(t.shape) for t in model.state_dict().values()]
+    assert ours == [shape for _, shape in ref["state_dict"]]
+
+
+def test_ddpm_cifar10_count_is_the_published_one():
+    assert load_layout("vp__ddpm__cifar10")["n_params"] == 35_218_947
+
+
+# ----------------------------------------------------------------------------- registry / prediction
+def test_unknown_model_name_lists_registered_models():
+    cfg = small_unet(name="nope")
+    with pytest.raises(ValueError, match="registered models: .*ddpm.*mlp.*ncsnpp"):
+        get_model(cfg)
+    assert {"ddpm", "ncsnpp", "ddpmpp", "mlp"} <= set(registered_models())
+
+
+@pytest.mark.parametrize("sde,expected", [("vpsde", "eps"), ("subvpsde", "eps"), ("vesde", "score")])
+def test_prediction_defaults_follow_the_sde(sde, expected):
+    assert get_model(small_unet(sde=sde)).prediction == expected
+
+
+def test_prediction_override_and_errors():
+    cfg = small_unet()
+    cfg.model.prediction = "v"
+    assert get_model(cfg).prediction == "v"
+    cfg.model.prediction = "noise"
+    with pytest.raises(ValueError, match="prediction"):
+        get_model(cfg)
+    cfg = small_unet()
+    del cfg.training["sde"]
+    with pytest.raises(ValueError, match="config.model.prediction"):
+        get_model(cfg)
+
+
+# ----------------------------------------------------------------------------- forward shapes
+NCSNPP_VARIANTS = {
+    "ncsnpp_fir_skip": dict(fir=True, progressive="output_skip", progressive_input="input_skip"),
+    "ncsnpp_fir_residual": dict(fir=True, progressive="residual", progressive_input="residual"),
+    "ncsnpp_cat": dict(progressive_input="input_skip", progressive_combine="cat"),
+    "ddpmpp_positional": dict(embedding_type="positional", resblock_type="ddpm", skip_rescale=False),
+    "ddpm_blocks_fir": dict(resblock_type="ddpm", fir=True, progressive="residual", progressive_input="residual"),
+    "unconditional": dict(conditional=False),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(NCSNPP_VARIANTS))
+def test_ncsnpp_variants_forward_and_backward(variant):
+    torch.manual_seed(0)
+    cfg = small_unet(**NCSNPP_VARIANTS[variant])
+    model = get_model(cfg)
+    x = torch.rand(2, 2, 8, 8)
+    labels = torch.tensor([0.5, 3.0]) if cfg.model.embedding_type == "fourier" else torch.tensor([1, 7])
+    out = model(x, labels)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    out.square().sum().backward()
+    unused = ("temb_proj",) if not cfg.model.conditional else ()  # exist (for checkpoints) but unused
+    missing = [n for n, p in model.named_parameters()
+               if p.requires_grad and p.grad is None and not any(u in n for u in unused)]
+    assert not missing
+
+
+def test_ddpm_small_digits_config():
+    cfg = ml_collections.ConfigDict({
+        "model": dict(name="ddpm", nf=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.1,
+                      resamp_with_conv=True, conditional=True, scale_by_sigma=False, nonlinearity="swish",
+                      sigma_min=0.01, sigma_max=50.0, num_scales=1000),
+        "data": {"image_size": 8, "num_channels": 1, "centered": True}, "training": {"sde": "vpsde"}})
+    model = get_model(cfg)
+    out = model(torch.randn(2, 1, 8, 8), torch.tensor([0, 999]))
+    assert out.shape == (2, 1, 8, 8) and model.prediction == "eps"
+    cfg.model.nf = 20  # 20 and 40 channels: GroupNorm falls back to a divisor of the channels
+    assert get_model(cfg)(torch.randn(2, 1, 8, 8), torch.tensor([1.5, 2.5])).shape == (2, 1, 8, 8)
+
+
+def test_mlp_forward_and_errors():
+    cfg = ml_collections.ConfigDict({"model": {"name": "mlp", "hidden_dims": (32, 32), "embedding_dim": 16},
+                                     "data": {"dim": 2}, "training": {"sde": "vpsde"}})
+    model = get_model(cfg)
+    assert model(torch.randn(2, 2), torch.tensor([0.1, 900.0])).shape == (2, 2)
+    with pytest.raises(ValueError, match="x \\[B, d\\]"):
+        model(torch.randn(2, 2, 1), torch.tensor([0.1, 0.2]))
+
+
+# ----------------------------------------------------------------------------- exact properties
+def _twin_models(**model):
+    """Two models with identical weights differing only in the given config fields."""
+    torch.manual_seed(0)
+    a = get_model(small_unet())
+    b = get_model(small_unet(**model))
+    b.load_state_dict(a.state_dict())
+    for m in (a, b):
+        m.eval()
+        with torch.no_grad():  # non-zero output layers so the outputs are informative
+            for p in m.parameters():
+                p.copy_(torch.sin(torch.arange(p.numel(), dtype=p.dtype)).reshape(p.shape) * 0.1) \
+                    if p.requires_grad else None
+    return a, b
+
+
+def test_scale_by_sigma_divides_by_the_continuous_label():
+    plain, scaled = _twin_models(scale_by_sigma=True)
+    x, sigma = torch.rand(2, 2, 8, 8), torch.tensor([0.3, 20.0])
+    with torch.no_grad():
+        torch.testing.assert_close(scaled(x, sigma), plain(x, sigma) / sigma.view(-1, 1, 1, 1))
+
+
+def test_scale_by_sigma_discrete_uses_the_sigma_table():
+    cfg = small_unet(embedding_type="positional", scale_by_sigma=True, resblock_type="ddpm")
+    model = get_model(cfg).eval()
+    sigmas = torch.exp(torch.linspace(math.log(50.0), math.log(0.01), 10))
+    torch.testing.assert_close(model.sigmas, sigmas)
+    plain = get_model(small_unet(embedding_type="positional", resblock_type="ddpm")).eval()
+    plain.load_state_dict(model.state_dict())
+    x, idx = torch.rand(2, 2, 8, 8), torch.tensor([0, 9])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, idx), plain(x, idx) / sigmas[idx].view(-1, 1, 1, 1))
+
+
+def test_uncentered_data_is_mapped_to_minus_one_one():
+    raw, centered = _twin_models()
+    centered.opts.centered = True
+    x, sigma = torch.rand(2, 2, 8, 8), torch.tensor([1.0, 2.0])
+    with torch.no_grad():
+        torch.testing.assert_close(raw(x, sigma), centered(2 * x - 1, sigma))
+
+
+def test_timestep_embedding_closed_form():
+    t = torch.tensor([0.0, 1.0, 250.0])
+    emb = layers.timestep_embedding(t, 16)
+    assert emb.shape == (3, 16)
+    torch.testing.assert_close(emb[:, 0], torch.sin(t))
+    torch.testing.assert_close(emb[:, 8], torch.cos(t))
+    torch.testing.assert_close(emb[:, 7], torch.sin(t / 10000.0))   # lowest frequency is 1/max_positions
+    assert layers.timestep_embedding(t, 7).shape == (3, 7)
+
+
+def test_fourier_projection_closed_form():
+    proj = layers.GaussianFourierProjection(4, scale=16.0)
+    assert not proj.W.requires_grad
+    x = torch.tensor([0.5, -1.0])
+    arg = 2 * math.pi * x[:, None] * proj.W[None, :]
+    torch.testing.assert_close(proj(x), torch.cat([torch.sin(arg), torch.cos(arg)], dim=1))
+
+
+def test_default_init_bounds():
+    w = torch.empty(64, 32, 3, 3)
+    layers.default_init_(w, scale=1.0)
+    bound = math.sqrt(3.0 / ((64 + 32) * 9 / 2))
+    assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound
+    layers.default_init_(w, scale=0.0)
+    assert w.abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("field,value,match", [("progressive", "bogus", "model.progressive"),
+                                               ("resblock_type", "wide", "model.resblock_type"),
+                                               ("nonlinearity", "tanhh", "model.nonlinearity"),
+                                               ("progressive_combine", "mul", "model.progressive_combine")])
+def test_bad_options_raise(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        get_model(small_unet(**{field: value}))
+
+
+def test_bad_image_size_and_fourier_discrete():
+    cfg = small_unet(ch_mult=(1, 2, 2, 2, 2))
+    with pytest.raises(ValueError, match="image_size"):
+        get_model(cfg)
+    cfg = small_unet()
+    cfg.training.continuous = False
+    with pytest.raises(ValueError, match="fourier"):
+        get_model(cfg)
