@@ -47,18 +47,48 @@ def main(argv) -> None:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {message}", file=sys.stderr)
         sys.exit(1)
+    except AttributeError as e:
+        if not _from_config_dict(e):
+            raise
+        print(f"error: the config lacks field {_field_name(e)}; start from a file in configs/ "
+              f"(configs/default_*_configs.py lists every field)", file=sys.stderr)
+        sys.exit(1)
+
+
+def _from_config_dict(e: BaseException) -> bool:
+    """True when the exception was raised by ml_collections' ConfigDict (a missing config field)."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and "ml_collections" in tb.tb_frame.f_code.co_filename
+
+
+def _field_name(e: BaseException) -> str:
+    """The field named by ConfigDict's (nested) KeyError/AttributeError, with its did-you-mean hint."""
+    msg: object = e
+    while isinstance(msg, BaseException):
+        msg = msg.args[0] if msg.args else ""
+    lines = [ln.strip().strip("'\"") for ln in str(msg).splitlines() if ln.strip()]
+    return " ".join(lines[:1] + [f"({ln})" for ln in lines[1:2]])
 
 
 def parse_flags(argv):
     """absl flag parsing where flag/config-file mistakes print one line instead of absl's usage wall."""
     try:
-        return FLAGS(argv)
+        argv = FLAGS(argv)
+        FLAGS.config.get("seed")  # config_flags defers config-file errors to the first access: surface them here
+        return argv
     except flags.Error as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         sys.exit(2)
-    except (ValueError, FileNotFoundError, KeyError, AttributeError, TypeError, OSError, SyntaxError) as e:
+    except (AttributeError, KeyError) as e:  # --config.<path> names a field the config does not have
+        print(f"error: unknown config field in an override: {_field_name(e)}", file=sys.stderr)
+        sys.exit(2)
+    except (ValueError, TypeError, OSError, SyntaxError) as e:
         # the config file itself failed to load, or an override does not fit the config
-        print(f"error: --config: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else e}", file=sys.stderr)
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        print(f"error: --config: {' '.join(dict.fromkeys(lines[:1] + lines[-1:])) if lines else type(e).__name__}",
+              file=sys.stderr)
         sys.exit(2)
 
 

@@ -3,6 +3,7 @@
 Song et al. 2021 (ICLR), Appendix: Adam lr 2e-4, warm-up 5000, grad clip 1, batch 128, 1.3M iterations.
 """
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def get_default_configs() -> ml_collections.ConfigDict:
@@ -34,7 +35,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.n_steps_each = 1
     sampling.noise_removal = True
     sampling.probability_flow = False
-    sampling.eps = None  # None: the SDE's sampling_eps
+    sampling.eps = placeholder(float)  # None: the SDE's sampling_eps
 
     config.eval = evaluate = ml_collections.ConfigDict()
     evaluate.begin_ckpt = 9
@@ -48,8 +49,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     evaluate.bpd_trace = "hutchinson-rademacher"
     evaluate.bpd_num_batches = 0  # 0: the whole split
     evaluate.enable_fid = False
-    evaluate.inception_path = None
-    evaluate.import_ckpt = None
+    evaluate.inception_path = placeholder(str)  # local FID Inception weights
+    evaluate.import_ckpt = placeholder(str)  # a score_sde_pytorch checkpoint to evaluate
 
     config.data = data = ml_collections.ConfigDict()
     data.dataset = "cifar10"

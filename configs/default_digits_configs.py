@@ -33,7 +33,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
 
     data = config.data
     data.dataset = "digits"
-    data.root = None  # bundled with scikit-learn
+    del data["root"]  # bundled with scikit-learn
     data.image_size = 8
     data.num_channels = 1
     data.num_levels = 17

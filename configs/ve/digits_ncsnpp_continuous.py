@@ -22,4 +22,5 @@ def get_config():
     config.data.centered = False
     ncsnpp_model(config.model)
     config.model.sigma_max = 6.0
+    del config.model["beta_min"], config.model["beta_max"]  # VP-only parameters, unread by a VE run
     return config

@@ -17,4 +17,5 @@ def get_config():
     config.model.sigma_min = 0.01
     config.model.label_scale = 50.0
     config.model.prediction = "score"
+    del config.model["beta_min"], config.model["beta_max"]  # VP-only parameters, unread by a VE run
     return config

@@ -10,4 +10,5 @@ def get_config():
     config.sampling.predictor = "euler_maruyama"
     config.sampling.corrector = "none"
     config.model.label_scale = 1.0  # labels are t (N - 1) in [0, 999]
+    del config.model["sigma_min"], config.model["sigma_max"]  # VE-only parameters, unread by the MLP on a VP run
     return config

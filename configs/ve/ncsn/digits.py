@@ -28,4 +28,5 @@ def get_config():
     model.sigma_min = 0.01
     model.num_scales = 10
     model.ema_rate = 0.999
+    del config.model["beta_min"], config.model["beta_max"]  # VP-only parameters, unread by a VE run
     return config
