@@ -59,8 +59,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.progress = False
 
     config.eval = evaluate = ml_collections.ConfigDict()
-    evaluate.begin_ckpt = 9
-    evaluate.end_ckpt = 26
+    evaluate.begin_ckpt = 450000  # training steps (score_sde_pytorch's checkpoints 9..26 x 50k)
+    evaluate.end_ckpt = 1300000
     evaluate.batch_size = 1024
     evaluate.enable_loss = True
     evaluate.enable_bpd = False
