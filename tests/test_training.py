@@ -198,6 +198,7 @@ CLI_ERRORS = [
     (["--mode=fit"], "--mode=fit", "train|eval|sample"),
     (["--config=configs/vp/nope.py"], "No such file", "nope.py"),
     (["--config.training.batch_size=abc"], "batch_size", "abc"),
+    (["--config.sampling.method=dpm"], "sampling.method='dpm' is not a sampler", "dpm_solver"),
 ]
 
 
