@@ -152,7 +152,7 @@ def get_step_fn(sde: SDE, *, train: bool, optimize_fn: Optional[Callable] = None
         optimizer.zero_grad(set_to_none=True)
         loss = compute_loss(model, batch, True)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss ({float(loss)}) at step {state['step']}; "
+            raise FloatingPointError(f"non-finite training loss ({loss.item()}) at step {state['step']}; "
                                      "parameters were not updated - lower optim.lr or set optim.grad_clip")
         loss.backward()
         grad_norm = optimize_fn(optimizer, model.parameters(), step=state["step"])

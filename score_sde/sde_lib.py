@@ -196,6 +196,9 @@ class _BetaSDE(SDE):
         if not (beta_min >= 0 and beta_max > 0 and beta_max >= beta_min):
             raise ValueError(f"need 0 <= beta_min <= beta_max and beta_max > 0, got beta_min={beta_min}, "
                              f"beta_max={beta_max}; the paper uses beta_min=0.1, beta_max=20")
+        if beta_max / N >= 1:
+            raise ValueError(f"the discrete chain needs beta_max/N < 1 (its last beta), got {beta_max}/{N}; "
+                             f"use N > {beta_max:g} levels")
         self.beta_0, self.beta_1 = float(beta_min), float(beta_max)
         self.discrete_betas = linear_betas(self.N, self.beta_0 / self.N, self.beta_1 / self.N)
         self.alphas = 1.0 - self.discrete_betas

@@ -136,7 +136,7 @@ def test_reverse_and_probability_flow():
 @pytest.mark.parametrize("kwargs,cls", [
     (dict(sigma_min=1.0, sigma_max=0.5), sde_lib.VESDE), (dict(sigma_min=0.0, sigma_max=1.0), sde_lib.VESDE),
     (dict(beta_min=-0.1), sde_lib.VPSDE), (dict(beta_min=5.0, beta_max=1.0), sde_lib.subVPSDE),
-    (dict(N=0), sde_lib.VPSDE), (dict(N=2.5), sde_lib.VESDE)])
+    (dict(N=0), sde_lib.VPSDE), (dict(N=2.5), sde_lib.VESDE), (dict(beta_max=20.0, N=20), sde_lib.VPSDE)])
 def test_bad_arguments(kwargs, cls):
     with pytest.raises(ValueError):
         cls(**kwargs)
