@@ -12,6 +12,7 @@ gathered after the per-rank loops.
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import math
 import os
@@ -41,20 +42,29 @@ def _get(section: Any, key: str, default: Any = None) -> Any:
 # Sampler from config
 # ----------------------------------------------------------------------------------------------
 def sampler_settings(config: Any, sde) -> Tuple[str, Dict[str, Any]]:
-    """(method, options): the config.sampling fields the sampler accepts; eps None -> sde.sampling_eps.
-
-    Options left at None in the config are not passed, so the sampler's own default applies."""
+    """(method, options): every option the sampler accepts, from config.sampling where the field is set
+    (not None), else the sampler's own default; eps None -> sde.sampling_eps."""
     method = str(_get(config.sampling, "method", ""))
     if method not in sampling.SAMPLERS:
         raise ValueError(f"config.sampling.method={method!r} is not a sampler; choose one of "
                          f"{sorted(sampling.SAMPLERS)}")
     accepted = sampling.sampler_options(method)
-    options = {name: _get(config.sampling, name) for name in accepted if name not in _RUNTIME_OPTIONS}
-    options = {k: v for k, v in options.items() if v is not None}
+    options = _factory_defaults(method)
+    for name in accepted:
+        value = _get(config.sampling, name)
+        if name not in _RUNTIME_OPTIONS and value is not None:
+            options[name] = value
     if "eps" in accepted:
         eps = _get(config.sampling, "eps")
         options["eps"] = float(sde.sampling_eps if eps is None else eps)
     return method, options
+
+
+def _factory_defaults(method: str) -> Dict[str, Any]:
+    """The sampler's own defaults of its non-runtime options (recorded, so reports show every option)."""
+    params = inspect.signature(sampling.SAMPLERS[method]).parameters.values()
+    return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name not in _RUNTIME_OPTIONS
+            and p.default is not inspect.Parameter.empty}
 
 
 def sampler_from_config(config: Any, sde, shape: Sequence[int], device: Any = None,
