@@ -16,42 +16,8 @@ import torch
 from score_sde import builders, checkpoint, evaluation, sampling
 
 # ---------------------------------------------------------------------------------------------
-# Stand-ins, used only while the samplers/ode branches have not landed (real ones register first).
+# Stand-in for score_sde.likelihood, used only while the ode branch has not landed it.
 # ---------------------------------------------------------------------------------------------
-
-
-def _euler_pf_factory(sde, shape, *, steps=10, eps=None, device=None, dtype=torch.float32, progress=False, **_):
-    """Euler steps of the probability-flow ODE dx = [f - g^2/2 score] dt from T to eps."""
-    eps = sde.sampling_eps if eps is None else eps
-
-    def sampler(score_fn, generator=None, x_T=None, callback=None):
-        x = sde.prior_sampling(shape, generator=generator, device=device, dtype=dtype) if x_T is None else x_T
-        times = torch.linspace(sde.T, eps, steps + 1, dtype=torch.float64)
-        for t0, t1 in zip(times[:-1], times[1:]):
-            t = torch.full((shape[0],), float(t0), dtype=x.dtype, device=x.device)
-            f, g = sde.sde(x, t)
-            x = x + (f - 0.5 * (g ** 2)[:, None] * score_fn(x, t)) * float(t1 - t0)
-        return x, steps
-
-    return sampler
-
-
-def _register_standins() -> None:
-    def ddim(sde, shape, *, steps=10, eta=0.0, skip_type="uniform", eps=None, device=None, dtype=torch.float32,
-             progress=False):
-        return _euler_pf_factory(sde, shape, steps=steps, eps=eps, device=device, dtype=dtype)
-
-    def pc(sde, shape, *, steps=10, predictor="reverse_diffusion", corrector="langevin", snr=0.16, n_steps_each=1,
-           noise_removal=True, probability_flow=False, eps=None, device=None, dtype=torch.float32, progress=False):
-        return _euler_pf_factory(sde, shape, steps=steps, eps=eps, device=device, dtype=dtype)
-
-    def dpm_solver(sde, shape, *, steps=10, order=2, skip_type="logSNR", eps=None, device=None,
-                   dtype=torch.float32, progress=False):
-        return _euler_pf_factory(sde, shape, steps=steps, eps=eps, device=device, dtype=dtype)
-
-    for name, factory in (("ddim", ddim), ("pc", pc), ("dpm_solver", dpm_solver)):
-        if name not in sampling.SAMPLERS:
-            sampling.register_sampler(name)(factory)
 
 
 def _likelihood_standin() -> types.ModuleType:
@@ -83,7 +49,6 @@ def _likelihood_standin() -> types.ModuleType:
     return mod
 
 
-_register_standins()
 try:
     import score_sde.likelihood  # noqa: F401
 except ImportError:
@@ -103,7 +68,7 @@ def tiny_config(**eval_overrides) -> ml_collections.ConfigDict:
     c.data = dict(dataset="toy_ring", dim=2, centered=False, num_train=64, num_eval=48,
                   uniform_dequantization=False, random_flip=False, num_levels=None)
     c.model = dict(name="mlp", hidden_dims=(16, 16), embedding_dim=8, ema_rate=0.9,
-                   beta_min=0.1, beta_max=20.0, num_scales=20, sigma_min=0.01, sigma_max=5.0)
+                   beta_min=0.1, beta_max=20.0, num_scales=100, sigma_min=0.01, sigma_max=5.0)
     c.optim = dict(optimizer="Adam", lr=1e-3, beta1=0.9, eps=1e-8, weight_decay=0.0, warmup=0, grad_clip=1.0)
     c.sampling = dict(method="ddim", steps=4, eta=0.0, skip_type="uniform", predictor="reverse_diffusion",
                       corrector="langevin", snr=0.16, n_steps_each=1, noise_removal=True,
