@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 import torch
 
-from . import checkpoint, datasets, distributed, losses, metrics, report, sampling
+from . import builders, checkpoint, datasets, distributed, losses, metrics, report, sampling
 from .models.ema import ExponentialMovingAverage
 
 log = logging.getLogger(__name__)
@@ -94,13 +94,11 @@ class _Context:
         return self.state["model"]
 
     def score_fn(self) -> Callable:
-        from . import builders
         self.model.eval()
         return builders.score_fn_from_model(self.config, self.sde, self.model)
 
 
 def _context(config: Any) -> _Context:
-    from . import builders
     info = distributed.setup(str(_get(config, "device", "auto")))
     sde = builders.sde_from_config(config)
     model = builders.build_model(config, info.device)  # no optimizer: building Adam costs ~10 s of imports
@@ -118,7 +116,6 @@ def _reset_ema(state: Dict[str, Any]) -> None:
 
 def load_ema_weights(ctx: _Context, path: str) -> int:
     """Load our checkpoint (weights-only) and put its EMA weights into the model; returns its step."""
-    from . import builders
     ckpt = checkpoint.load_checkpoint(path, map_location="cpu")
     builders.load_state(ctx.state, ckpt)
     if "ema" in ckpt:
@@ -193,14 +190,13 @@ def _batch_size(config: Any) -> int:
 # ----------------------------------------------------------------------------------------------
 def eval_loss(ctx: _Context) -> Dict[str, float]:
     """Mean DSM loss of the EMA weights over the whole eval split (losses.get_step_fn(train=False))."""
-    from . import builders
     cfg, info = ctx.config, ctx.info
     tr = cfg.training
     step_fn = losses.get_step_fn(ctx.sde, train=False, kind=builders.loss_kind(cfg),
                                  continuous=bool(_get(tr, "continuous", True)),
                                  reduce_mean=bool(_get(tr, "reduce_mean", False)),
                                  likelihood_weighting=bool(_get(tr, "likelihood_weighting", False)),
-                                 precision=str(_get(tr, "precision", "fp32")))
+                                 prediction=builders.prediction(cfg), precision=str(_get(tr, "precision", "fp32")))
     ds, scaler = _split(cfg, "test"), datasets.get_data_scaler(cfg)
     torch.manual_seed(distributed.rank_seed(ctx.seed, info.rank))
     total = torch.zeros(2, dtype=torch.float64)
