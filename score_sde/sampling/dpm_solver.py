@@ -57,11 +57,13 @@ def multistep_update(x: torch.Tensor, x0s: List[torch.Tensor], lams: List[float]
         return s_ratio * x - m_t * phi_1 * d0 - 0.5 * m_t * phi_1 * d1_0
     r1 = (lams[-3] - lams[-4]) / h                           # 3M: second divided differences
     d1_1 = (x0s[-2] - x0s[-3]) / r1
-    d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
-    d2 = (d1_0 - d1_1) / (r0 + r1)
+    d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)             # = h x0'(lambda_u) + O(h^3)
+    d2 = (d1_0 - d1_1) / (r0 + r1)                           # = h^2 x0''(lambda_u) / 2 + O(h^3)
+    # exact integral of e^{lambda} x0(lambda) for quadratic x0 (eq. 9 of the paper with a 2nd-order Taylor
+    # expansion): coefficients (h + phi_1)/h of d1 and 2 (h^2/2 - h - phi_1)/h^2 of d2
     phi_2 = phi_1 / h + 1
-    phi_3 = phi_2 / h - 0.5
-    return s_ratio * x - m_t * phi_1 * d0 + m_t * phi_2 * d1 - m_t * phi_3 * d2
+    phi_3 = 1 - 2 / h - 2 * phi_1 / h ** 2
+    return s_ratio * x - m_t * phi_1 * d0 + m_t * phi_2 * d1 + m_t * phi_3 * d2
 
 
 def _check(order: int, skip_type: str) -> None:
@@ -79,7 +81,8 @@ def dpm_solver_sampler(sde, shape: Sequence[int], *, steps: int = 20, order: int
     """DPM-Solver++ multistep sampler from T to eps.
 
     order: 1 (= DDIM), 2 (2M) or 3 (3M); the first steps use lower orders while the history fills
-    (warm-up). lower_order_final: the last steps drop to order (steps - i + 1), stabler at few steps.
+    (warm-up). lower_order_final: with fewer than 15 steps, the last steps drop to order
+    (steps - i + 1), which is stabler; with more steps it has no effect (keeps the full order).
     skip_type: "logSNR" (uniform in lambda = -log sigma, default), "time_uniform", "time_quadratic".
     denoise_to_zero: return the final data prediction E[x0 | x_eps] instead of x_eps (one more NFE).
     """
@@ -90,6 +93,7 @@ def dpm_solver_sampler(sde, shape: Sequence[int], *, steps: int = 20, order: int
     lams = (-torch.log(sde.sigma(times))).tolist()
     ms, ss = sde.mean_coeff(times).tolist(), sde.marginal_std(times).tolist()
     times = times.tolist()
+    final_low = lower_order_final and steps < 15  # as the reference implementation: only few-step runs
 
     def sampler(score_fn: ScoreFn, generator: Optional[torch.Generator] = None,
                 x_T: Optional[torch.Tensor] = None, callback: Callback = None) -> Tuple[torch.Tensor, int]:
@@ -98,7 +102,7 @@ def dpm_solver_sampler(sde, shape: Sequence[int], *, steps: int = 20, order: int
         with torch.no_grad():
             x0s = [tweedie_denoise(sde, counted, x, batch_time(times[0], x))]
             for i in progress_bar(range(1, steps + 1), progress, "dpm_solver"):
-                k = min(order, i, steps - i + 1) if lower_order_final else min(order, i)
+                k = min(order, i, steps - i + 1) if final_low else min(order, i)
                 x = multistep_update(x, x0s, lams[i - k:i + 1], ms[i], ss[i] / ss[i - 1], k)
                 if i < steps or denoise_to_zero:
                     x0s = (x0s + [tweedie_denoise(sde, counted, x, batch_time(times[i], x))])[-order:]
