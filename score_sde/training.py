@@ -76,6 +76,9 @@ def read_settings(config: Any) -> TrainSettings:
                                                    tr.snapshot_freq_for_preemption),
         snapshot_sampling=bool(tr.snapshot_sampling), precision=precision, compile=bool(tr.compile),
         channels_last=bool(tr.channels_last), seed=int(config.seed))
+    if settings.snapshot_sampling:  # fail now, not at the first snapshot, on a bad sampler setting
+        from .evaluation import sampler_settings
+        sampler_settings(config, builders.sde_from_config(config))
     if str(config.device) not in ("auto", "cpu", "cuda"):
         raise ValueError(f"config.device={config.device!r}; choose 'auto', 'cpu' or 'cuda'")
     if config.device == "cuda" and not torch.cuda.is_available():
@@ -138,7 +141,8 @@ def batch_iterator(ds: Dataset, global_batch: int, seed: int, start_step: int,
     """Endless iterator of this rank's batches from `start_step` on (items fetched in this process,
     so their random dequantization/flips follow the checkpointed global RNG)."""
     sampler = StepBatchSampler(len(ds), global_batch, seed, start_step, info.rank, info.world_size)
-    return iter(DataLoader(ds, batch_sampler=sampler, num_workers=0))
+    with torch.random.fork_rng(devices=[]):  # creating a DataLoader iterator draws a seed from the global RNG
+        return iter(DataLoader(ds, batch_sampler=sampler, num_workers=0))
 
 
 def eval_batch(ds: Dataset, batch: int, seed: int, step: int) -> torch.Tensor:

@@ -20,16 +20,17 @@ from .registry import register_sampler
 
 
 @register_sampler("ald")
-def ald_sampler(sde, shape: Sequence[int], *, step_size: float = 2e-5, n_steps_each: int = 1,
+def ald_sampler(sde, shape: Sequence[int], *, step_size: float = 2e-4, n_steps_each: int = 1,
                 steps: Optional[int] = None, noise_removal: bool = True, eps: Optional[float] = None,
                 device=None, dtype: torch.dtype = torch.float32, progress: bool = False):
     """Annealed Langevin over `steps` levels (None: all N), `n_steps_each` Langevin steps per level."""
     step_size = algebra.check_positive("step_size", step_size)
     common.check_positive_int("n_steps_each", n_steps_each)
+    algebra.check_bool("noise_removal", noise_removal)
     levels = algebra.level_sequence(sde.N, algebra.resolve_steps(sde, steps), "uniform")
     times = algebra.level_times(sde, algebra.resolve_eps(sde, eps))[levels]
     ms, ss = algebra.level_coeffs(sde, levels)
-    sigma_min = ss[-2] / ms[-2]  # level 0 is always the last level of the sequence
+    sigma_min = ss[-2] / ms[-2]  # the lowest level walked: level 0 (unless steps == 1)
 
     def sampler(score_fn, generator: Optional[torch.Generator] = None, x_T: Optional[torch.Tensor] = None,
                 callback=None):

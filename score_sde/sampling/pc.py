@@ -135,6 +135,8 @@ def pc_sampler(sde, shape: Sequence[int], *, predictor: str = "reverse_diffusion
         raise ValueError("ancestral_sampling has no probability-flow form; use predictor='reverse_diffusion' "
                          "or 'euler_maruyama' with probability_flow=True")
     snr = algebra.check_positive("snr", snr)
+    algebra.check_bool("noise_removal", noise_removal)
+    algebra.check_bool("probability_flow", probability_flow)
     common.check_positive_int("n_steps_each", n_steps_each)
     n_steps = common.check_positive_int("steps", sde.N if steps is None else steps)
     times = [float(t) for t in common.uniform_times(sde.T, algebra.resolve_eps(sde, eps), n_steps)]

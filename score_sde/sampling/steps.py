@@ -31,6 +31,12 @@ def check_positive(name: str, value: float) -> float:
     return float(value)
 
 
+def check_bool(name: str, value: bool) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def resolve_eps(sde, eps: Optional[float]) -> float:
     """eps=None means sde.sampling_eps; otherwise it must lie in (0, T)."""
     if eps is None:
