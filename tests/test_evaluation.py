@@ -5,8 +5,6 @@ import json
 import math
 import os
 import pathlib
-import sys
-import types
 
 import ml_collections
 import numpy as np
@@ -14,83 +12,7 @@ import pytest
 import torch
 
 from score_sde import builders, checkpoint, evaluation, sampling
-
-# ---------------------------------------------------------------------------------------------
-# Stand-ins, used only while the samplers/ode branches have not landed (real ones register first).
-# ---------------------------------------------------------------------------------------------
-
-
-def _euler_pf_factory(sde, shape, *, steps=10, eps=None, device=None, dtype=torch.float32, progress=False, **_):
-    """Euler steps of the probability-flow ODE dx = [f - g^2/2 score] dt from T to eps."""
-    eps = sde.sampling_eps if eps is None else eps
-
-    def sampler(score_fn, generator=None, x_T=None, callback=None):
-        x = sde.prior_sampling(shape, generator=generator, device=device, dtype=dtype) if x_T is None else x_T
-        times = torch.linspace(sde.T, eps, steps + 1, dtype=torch.float64)
-        for t0, t1 in zip(times[:-1], times[1:]):
-            t = torch.full((shape[0],), float(t0), dtype=x.dtype, device=x.device)
-            f, g = sde.sde(x, t)
-            x = x + (f - 0.5 * (g ** 2)[:, None] * score_fn(x, t)) * float(t1 - t0)
-        return x, steps
-
-    return sampler
-
-
-def _register_standins() -> None:
-    def ddim(sde, shape, *, steps=10, eta=0.0, skip_type="uniform", eps=None, device=None, dtype=torch.float32,
-             progress=False):
-        return _euler_pf_factory(sde, shape, steps=steps, eps=eps, device=device, dtype=dtype)
-
-    def pc(sde, shape, *, steps=10, predictor="reverse_diffusion", corrector="langevin", snr=0.16, n_steps_each=1,
-           noise_removal=True, probability_flow=False, eps=None, device=None, dtype=torch.float32, progress=False):
-        return _euler_pf_factory(sde, shape, steps=steps, eps=eps, device=device, dtype=dtype)
-
-    def dpm_solver(sde, shape, *, steps=10, order=2, skip_type="logSNR", eps=None, device=None,
-                   dtype=torch.float32, progress=False):
-        return _euler_pf_factory(sde, shape, steps=steps, eps=eps, device=device, dtype=dtype)
-
-    for name, factory in (("ddim", ddim), ("pc", pc), ("dpm_solver", dpm_solver)):
-        if name not in sampling.SAMPLERS:
-            sampling.register_sampler(name)(factory)
-
-
-def _likelihood_standin() -> types.ModuleType:
-    """Probability-flow ODE (Euler, exact trace) log-likelihood and the bits/dim conversion of the spec."""
-    mod = types.ModuleType("score_sde.likelihood")
-
-    def get_likelihood_fn(sde, *, trace="exact", steps=50, eps=None, **_):
-        def nll_fn(score_fn, x, generator=None):
-            t_grid = torch.linspace(sde.sampling_eps if eps is None else eps, sde.T, steps + 1, dtype=torch.float64)
-            x, delta = x.detach(), torch.zeros(x.shape[0], dtype=torch.float64)
-            for t0, t1 in zip(t_grid[:-1], t_grid[1:]):
-                t = torch.full((x.shape[0],), float(t0), dtype=x.dtype)
-                with torch.enable_grad():
-                    xi = x.clone().requires_grad_(True)
-                    f, g = sde.sde(xi, t)
-                    v = f - 0.5 * (g ** 2)[:, None] * score_fn(xi, t)
-                    div = sum(torch.autograd.grad(v[:, i].sum(), xi, retain_graph=True)[0][:, i]
-                              for i in range(x.shape[1]))
-                x = (x + v.detach() * float(t1 - t0))
-                delta = delta + div.detach().double() * float(t1 - t0)
-            return -(sde.prior_logp(x).double() + delta), x, steps
-        return nll_fn
-
-    def bits_per_dim(nll, shape, *, num_levels=256, data_scale=2.0):
-        d = math.prod(shape) if not isinstance(shape, int) else shape
-        return (nll - d * math.log(data_scale) + d * math.log(num_levels)) / (d * math.log(2.0))
-
-    mod.get_likelihood_fn, mod.bits_per_dim = get_likelihood_fn, bits_per_dim
-    return mod
-
-
-_register_standins()
-try:
-    import score_sde.likelihood  # noqa: F401
-except ImportError:
-    sys.modules["score_sde.likelihood"] = _likelihood_standin()
-    import score_sde
-    score_sde.likelihood = sys.modules["score_sde.likelihood"]
-
+from score_sde.models import compat
 
 # ---------------------------------------------------------------------------------------------
 # A tiny config and checkpoints
@@ -103,11 +25,12 @@ def tiny_config(**eval_overrides) -> ml_collections.ConfigDict:
     c.data = dict(dataset="toy_ring", dim=2, centered=False, num_train=64, num_eval=48,
                   uniform_dequantization=False, random_flip=False, num_levels=None)
     c.model = dict(name="mlp", hidden_dims=(16, 16), embedding_dim=8, ema_rate=0.9,
-                   beta_min=0.1, beta_max=20.0, num_scales=20, sigma_min=0.01, sigma_max=5.0)
+                   beta_min=0.1, beta_max=20.0, num_scales=100, sigma_min=0.01, sigma_max=5.0)
     c.optim = dict(optimizer="Adam", lr=1e-3, beta1=0.9, eps=1e-8, weight_decay=0.0, warmup=0, grad_clip=1.0)
     c.sampling = dict(method="ddim", steps=4, eta=0.0, skip_type="uniform", predictor="reverse_diffusion",
                       corrector="langevin", snr=0.16, n_steps_each=1, noise_removal=True,
-                      probability_flow=False, order=2, eps=None, progress=False)
+                      probability_flow=False, order=2, eps=None, progress=False,
+                      solver="RK45", backend="scipy", rtol=1e-3, atol=1e-3)
     c.eval = dict(begin_ckpt=0, end_ckpt=None, batch_size=4, enable_loss=True, enable_bpd=True,
                   enable_sampling=True, num_samples=10, bpd_dataset="test", bpd_trace="exact",
                   bpd_num_batches=1, enable_fid=False, inception_path=None, import_ckpt=None)
@@ -145,9 +68,11 @@ def _sampler_dir(root: str, method: str) -> str:
 @pytest.fixture(scope="module")
 def evaluated(workdir):
     """Checkpoint step 10 only (begin_ckpt=6) evaluated with three samplers plus loss and bits/dim."""
-    for method in ("ddim", "pc", "dpm_solver"):
+    for method in ("ddim", "pc", "ode"):
         cfg = tiny_config(begin_ckpt=6)
         cfg.sampling.method = method
+        if method == "ode":
+            cfg.sampling.steps = None   # adaptive RK45: tolerances, not a step count
         evaluation.evaluate(cfg, workdir)
     return os.path.join(workdir, "eval")
 
@@ -156,7 +81,7 @@ def test_range_selects_steps(evaluated):
     assert sorted(os.listdir(evaluated)) == ["ckpt_10"]
 
 
-@pytest.mark.parametrize("method", ["ddim", "pc", "dpm_solver"])
+@pytest.mark.parametrize("method", ["ddim", "pc", "ode"])
 def test_sampler_outputs(evaluated, method):
     out = _sampler_dir(os.path.join(evaluated, "ckpt_10"), method)
     samples = np.load(os.path.join(out, "samples.npz"))["samples"]
@@ -166,7 +91,8 @@ def test_sampler_outputs(evaluated, method):
     rep = json.load(open(os.path.join(out, "report.json")))
     assert rep["sampler"] == method and rep["num_samples"] == 10 and rep["checkpoint_step"] == 10
     assert rep["nfe"] > 0 and rep["num_batches"] == 3 and rep["seconds"] > 0
-    assert rep["options"]["steps"] == 4 and rep["options"]["eps"] == pytest.approx(1e-3)
+    assert rep["options"].get("steps") == (None if method == "ode" else 4)
+    assert rep["options"]["eps"] == pytest.approx(1e-3)
     m = rep["metrics"]
     assert m["sliced_wasserstein"] > 0 and m["sliced_wasserstein_train_floor"] > 0
     assert m["delta_log_p"] == pytest.approx(m["data_nll"] - m["sample_nll"])
@@ -215,7 +141,12 @@ def test_samples_reproducible_from_seed(tmp_path, workdir):
 def test_import_score_sde_pytorch_checkpoint(tmp_path):
     cfg = tiny_config(enable_loss=False, enable_bpd=False, num_samples=4)
     ours = _poisoned_checkpoint(cfg, 7, 0)
-    original = {"model": {"module." + k: v for k, v in ours["model"].items()}, "ema": ours["ema"], "step": 7}
+    model = builders.build_model(cfg, torch.device("cpu"))
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]   # score_sde_pytorch's all_modules
+    layout = {f"all_modules.{i}.{leaf}": list(t.shape)
+              for i, m in enumerate(linears) for leaf, t in m.state_dict().items()}
+    original = compat.to_score_sde_pytorch(ours, model, layout)
+    assert all(k.startswith("module.all_modules.") for k in original["model"])
     src = str(tmp_path / "checkpoint_26.pth")
     torch.save(original, src)
     cfg.eval.import_ckpt = src
@@ -280,3 +211,63 @@ def test_fid_without_weights_is_a_clear_error(tmp_path):
     cfg.data.dataset = "digits"
     with pytest.raises(FileNotFoundError, match="inception_path"):
         evaluation.evaluate(cfg, str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Two gloo processes: uneven per-rank work, gathered after the loops, rank 0 writes
+# ---------------------------------------------------------------------------------------------
+def _rank_main(rank: int, world: int, port: int, workdir: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    cfg = tiny_config(num_samples=7, batch_size=2, bpd_num_batches=2, enable_loss=True)
+    try:
+        evaluation.evaluate(cfg, workdir, eval_folder="eval_ddp")
+    finally:
+        from score_sde import distributed
+        distributed.cleanup()
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_single_process(tmp_path):
+    wd = str(tmp_path)
+    cfg = tiny_config(num_samples=7, batch_size=2, bpd_num_batches=2)
+    checkpoint.save_checkpoint(checkpoint.checkpoint_path(wd, 1), _poisoned_checkpoint(cfg, 1, 0))
+    torch.multiprocessing.spawn(_rank_main, args=(2, _free_port(), wd), nprocs=2, join=True)
+    evaluation.evaluate(cfg, wd, eval_folder="eval_single")
+    read = lambda folder: np.load(os.path.join(_sampler_dir(os.path.join(wd, folder, "ckpt_1"), "ddim"),  # noqa
+                                               "samples.npz"))["samples"]
+    multi, single = read("eval_ddp"), read("eval_single")
+    assert multi.shape == single.shape == (7, 2)
+    # rank 0 draws 4 samples (batches 2, 2) from the seed a single process uses: identical rows
+    np.testing.assert_allclose(multi[:4], single[:4], rtol=1e-6, atol=1e-6)
+    assert not np.allclose(multi[4:], single[4:])   # rank 1 has its own seed
+    bpd = json.load(open(os.path.join(wd, "eval_ddp", "ckpt_1", "bpd.json")))
+    loss = json.load(open(os.path.join(wd, "eval_ddp", "ckpt_1", "loss.json")))
+    assert bpd["num_examples"] == 4 and loss["num_examples"] == 48
+
+
+@pytest.mark.parametrize("centered, expected", [(True, math.log2(17) - 1), (False, math.log2(17))])
+def test_image_bits_per_dim_uses_levels_and_centering(centered, expected):
+    """nll = 0 nats in model space: bpd = log2(L) - log2(scale) (scale 2 for [-1, 1], 1 for [0, 1])."""
+    cfg = tiny_config()
+    cfg.data.update(dict(dataset="digits", num_levels=17, centered=centered, image_size=8, num_channels=1))
+    bpd = evaluation._bits_per_dim(torch.zeros(3, dtype=torch.float64), cfg, (1, 8, 8))
+    np.testing.assert_allclose(bpd.numpy(), expected, rtol=1e-12)
+
+
+def test_bpd_split_is_dequantized_even_when_config_is_not():
+    cfg = tiny_config()
+    cfg.data.update(dict(dataset="digits", num_levels=17, image_size=8, num_channels=1))
+    cfg.data.uniform_dequantization = False
+    torch.manual_seed(0)
+    x = evaluation._split(cfg, "test", dequantize=True)[0] * 17
+    centres = evaluation._split(cfg, "test")[0] * 17           # bin centres k + 0.5
+    assert torch.equal(torch.floor(x), torch.floor(centres))   # same levels k
+    assert not torch.allclose(x - torch.floor(x), torch.full_like(x, 0.5))
