@@ -56,7 +56,7 @@ def test_toy_errors():
 
 
 def test_toy_ring_and_its_density():
-    toy = pytest.importorskip("score_sde.toy")
+    from score_sde import toy
     tr, _ = datasets.get_dataset(cfg(dataset="toy_ring", num_train=2000, num_eval=10))
     x = _all(tr).double()
     gm = datasets.get_toy_density(cfg(dataset="toy_ring"))

@@ -107,3 +107,65 @@ def test_feature_statistics_and_fid():
     assert metrics.fid_from_features(f, f + shift) == pytest.approx(5.0, rel=1e-8)
     with pytest.raises(ValueError, match="N >= 2"):
         metrics.feature_statistics(np.zeros((1, 3)))
+
+
+# ---------------------------------------------------------------------------- FID Inception network
+from score_sde import inception  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def inception_net():
+    """Random weights with He-scaled convs and non-trivial batch-norm statistics (features stay O(1))."""
+    torch.manual_seed(0)
+    net = inception.FIDInceptionV3().eval()
+    with torch.no_grad():
+        for mod in net.modules():
+            if isinstance(mod, torch.nn.Conv2d):
+                fan_in = mod.weight[0].numel()
+                mod.weight.normal_(0.0, math.sqrt(2.0 / fan_in))
+            elif isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.1, 0.1)
+                mod.running_var.uniform_(0.5, 1.5)
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.uniform_(-0.1, 0.1)
+    return net
+
+
+def test_inception_layout_matches_fid_network():
+    net = inception.FIDInceptionV3()
+    # torchvision's Inception-v3 has 27,161,264 parameters; minus AuxLogits (3,326,696) and fc (2,049,000)
+    assert sum(p.numel() for p in net.parameters()) == 21_785_568
+    keys = net.state_dict().keys()
+    assert "Mixed_7c.branch3x3dbl_3b.bn.running_var" in keys and "Conv2d_4a_3x3.conv.weight" in keys
+    assert net.Mixed_7b.pool == "avg" and net.Mixed_7c.pool == "max"
+
+
+def test_inception_loads_local_file_and_extracts_features(tmp_path, inception_net):
+    sd = {k: v for k, v in inception_net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    sd["fc.weight"], sd["fc.bias"] = torch.zeros(1008, 2048), torch.zeros(1008)  # as in pytorch-fid's file
+    path = str(tmp_path / "pt_inception.pth")
+    torch.save(sd, path)
+    net = inception.load_inception(path, "cpu")
+    grey = torch.rand(2, 1, 8, 8, generator=_gen(0))
+    f = inception.inception_features(net, grey, batch_size=1)
+    assert f.shape == (2, 2048) and f.dtype == torch.float32 and torch.isfinite(f).all() and f.abs().mean() > 1e-3
+    # same weights as the source network; grey repeated to RGB; batching and pre-resizing change nothing
+    big = torch.nn.functional.interpolate(grey.expand(-1, 3, -1, -1), size=(299, 299), mode="bilinear",
+                                          align_corners=False)
+    with torch.no_grad():
+        direct = inception_net(2 * big - 1)
+    assert torch.allclose(f, direct, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(inception.inception_features(net, big, batch_size=2), f, rtol=1e-4, atol=1e-5)
+
+
+def test_inception_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.eval.inception_path"):
+        inception.load_inception(str(tmp_path / "missing.pth"))
+    with pytest.raises(FileNotFoundError, match="config.eval.inception_path"):
+        inception.load_inception(None)
+    path = str(tmp_path / "wrong.pth")
+    torch.save({"Conv2d_1a_3x3.conv.weight": torch.zeros(32, 3, 3, 3)}, path)
+    with pytest.raises(ValueError, match="missing .*Conv2d_1a_3x3.bn"):
+        inception.load_inception(path)
+    with pytest.raises(ValueError, match=r"\[N, 1 or 3, H, W\]"):
+        inception.inception_features(inception.FIDInceptionV3(), torch.zeros(2, 2, 8, 8))
