@@ -43,6 +43,11 @@ def toy_config(batch_size=8):
     })
 
 
+def launch(fn, world, *args):
+    """Run fn(rank, world, port, *args) in `world` processes (forked: no re-import, a few seconds faster)."""
+    mp.start_processes(fn, args=(world, free_port(), *args), nprocs=world, join=True, start_method="fork")
+
+
 def _env(rank, world, port):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
@@ -179,7 +184,7 @@ def _reference(config, world, steps):
 
 def test_two_processes_match_single_process_reference(tmp_path):
     steps, world = 4, 2
-    mp.spawn(_ddp_worker, args=(world, free_port(), steps, str(tmp_path / "out")), nprocs=world, join=True)
+    launch(_ddp_worker, world, steps, str(tmp_path / "out"))
     runs = [torch.load(f"{tmp_path / 'out'}.{r}", weights_only=True) for r in range(world)]
     ref, ref_logs = _reference(toy_config(), world, steps)
     ref_params = [p.detach() for p in ref["model"].parameters()]
@@ -232,7 +237,7 @@ def _eval_worker(rank, world, port, n, batch_size, path):
 @pytest.mark.parametrize("n,batch_size", [(7, 2), (1, 4)])
 def test_uneven_evaluation_gathers_exactly_n_in_order(tmp_path, n, batch_size):
     world = 2
-    mp.spawn(_eval_worker, args=(world, free_port(), n, batch_size, str(tmp_path / "ev")), nprocs=world, join=True)
+    launch(_eval_worker, world, n, batch_size, str(tmp_path / "ev"))
     runs = [torch.load(f"{tmp_path / 'ev'}.{r}", weights_only=True) for r in range(world)]
     for run in runs:
         assert run["out"].shape == (n, 2)
