@@ -1,0 +1,21 @@
+"""VE SDE, continuous-time DSM, NCSN++ cont. on CIFAR-10 (Song et al. 2021, Table 3); PC sampling with
+reverse diffusion + Langevin, snr 0.16."""
+from configs.default_cifar10_configs import get_default_configs
+from configs.default_cifar10_unets import ncsnpp
+
+
+def get_config():
+    config = get_default_configs()
+    training = config.training
+    training.sde = "vesde"
+    training.continuous = True
+
+    sampling = config.sampling
+    sampling.method = "pc"
+    sampling.predictor = "reverse_diffusion"
+    sampling.corrector = "langevin"
+
+    config.data.centered = False
+    ncsnpp(config.model)
+    del config.model["beta_min"], config.model["beta_max"]  # VP-only parameters, unread by a VE run
+    return config

@@ -1,0 +1,96 @@
+"""Command line: train, evaluate or sample a score-based model from a config file.
+
+    python main.py --config configs/vp/digits_ddpmpp_continuous.py --workdir runs/digits_vp --mode train
+    python main.py --config configs/vp/digits_ddpmpp_continuous.py --workdir runs/digits_vp --mode eval \
+        --config.sampling.method=ode
+
+Any config field can be overridden with --config.<section>.<field>=<value>; a misspelled field is an
+error. Mistakes in flags, configs or paths end with a one-line `error: ...` and exit status 1.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training/evaluation config file (configs/...).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Folder for checkpoints, TensorBoard logs and samples.")
+flags.DEFINE_enum("mode", None, ["train", "eval", "sample"], "Running mode: train, eval or sample.")
+flags.DEFINE_string("eval_folder", "eval", "Sub-folder of workdir for evaluation results (eval/sample modes).")
+flags.mark_flags_as_required(["config", "workdir", "mode"])
+
+# errors caused by the user's flags, configs, paths or data: reported in one line, no traceback
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, FloatingPointError, KeyError)
+
+
+def run(config, workdir: str, mode: str, eval_folder: str) -> None:
+    import run_lib
+
+    if mode == "train":
+        run_lib.train(config, workdir)
+    elif mode == "eval":
+        run_lib.evaluate(config, workdir, eval_folder)
+    else:
+        run_lib.sample(config, workdir, eval_folder)
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; pass options as --flag=value")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.eval_folder)
+    except USER_ERRORS as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(1)
+    except AttributeError as e:
+        if not _from_config_dict(e):
+            raise
+        print(f"error: the config lacks field {_field_name(e)}; start from a file in configs/ "
+              f"(configs/default_*_configs.py lists every field)", file=sys.stderr)
+        sys.exit(1)
+
+
+def _from_config_dict(e: BaseException) -> bool:
+    """True when the exception was raised by ml_collections' ConfigDict (a missing config field)."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and "ml_collections" in tb.tb_frame.f_code.co_filename
+
+
+def _field_name(e: BaseException) -> str:
+    """The field named by ConfigDict's (nested) KeyError/AttributeError, with its did-you-mean hint."""
+    msg: object = e
+    while isinstance(msg, BaseException):
+        msg = msg.args[0] if msg.args else ""
+    lines = [ln.strip().strip("'\"") for ln in str(msg).splitlines() if ln.strip()]
+    return " ".join(lines[:1] + [f"({ln})" for ln in lines[1:2]])
+
+
+def parse_flags(argv):
+    """absl flag parsing where flag/config-file mistakes print one line instead of absl's usage wall."""
+    try:
+        argv = FLAGS(argv)
+        FLAGS.config.get("seed")  # config_flags defers config-file errors to the first access: surface them here
+        return argv
+    except flags.Error as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)
+    except (AttributeError, KeyError) as e:  # --config.<path> names a field the config does not have
+        print(f"error: unknown config field in an override: {_field_name(e)}", file=sys.stderr)
+        sys.exit(2)
+    except (ValueError, TypeError, OSError, SyntaxError) as e:
+        # the config file itself failed to load, or an override does not fit the config
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        print(f"error: --config: {' '.join(dict.fromkeys(lines[:1] + lines[-1:])) if lines else type(e).__name__}",
+              file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,437 @@
+"""Evaluation and sampling of trained checkpoints: eval loss, bits/dim, samples with ANY sampler, metrics.
+
+`evaluate(config, workdir)` walks the checkpoints whose training STEP lies in
+[eval.begin_ckpt, eval.end_ckpt] (score_sde_pytorch counts checkpoint numbers instead) and writes,
+under `<workdir>/<eval_folder>/ckpt_<step>/`: loss.json, bpd.json and one folder per sampler
+configuration `<method>_<hash of its options>/` holding samples.npz, samples.png and report.json.
+`sample(config, workdir)` draws eval.num_samples samples from the newest checkpoint.
+Every file is written by rank 0 only; a report is written last, so it marks finished work and
+re-running skips it. Runs under torchrun: samples and bpd examples are split across ranks and
+gathered after the per-rank loops.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from . import checkpoint, datasets, distributed, losses, metrics, report, sampling
+from .models.ema import ExponentialMovingAverage
+
+log = logging.getLogger(__name__)
+# sampler options filled from elsewhere than a config.sampling field of the same name
+_RUNTIME_OPTIONS = ("device", "dtype", "progress", "eps")
+
+
+def _get(section: Any, key: str, default: Any = None) -> Any:
+    """`section.key` if present (ConfigDict or attribute object), else default."""
+    if hasattr(section, "get"):
+        return section.get(key, default)
+    return getattr(section, key, default)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampler from config
+# ----------------------------------------------------------------------------------------------
+def sampler_settings(config: Any, sde) -> Tuple[str, Dict[str, Any]]:
+    """(method, options): the config.sampling fields the sampler accepts; eps None -> sde.sampling_eps.
+
+    Options left at None in the config are not passed, so the sampler's own default applies."""
+    method = str(_get(config.sampling, "method", ""))
+    if method not in sampling.SAMPLERS:
+        raise ValueError(f"config.sampling.method={method!r} is not a sampler; choose one of "
+                         f"{sorted(sampling.SAMPLERS)}")
+    accepted = sampling.sampler_options(method)
+    options = {name: _get(config.sampling, name) for name in accepted if name not in _RUNTIME_OPTIONS}
+    options = {k: v for k, v in options.items() if v is not None}
+    if "eps" in accepted:
+        eps = _get(config.sampling, "eps")
+        options["eps"] = float(sde.sampling_eps if eps is None else eps)
+    return method, options
+
+
+def sampler_from_config(config: Any, sde, shape: Sequence[int], device: Any = None,
+                        dtype: torch.dtype = torch.float32) -> Callable:
+    """The sampler named config.sampling.method, built with the config.sampling options it accepts."""
+    method, options = sampler_settings(config, sde)
+    accepted = sampling.sampler_options(method)
+    runtime = {"device": device, "dtype": dtype, "progress": bool(_get(config.sampling, "progress", False))}
+    options.update({k: v for k, v in runtime.items() if k in accepted})
+    return sampling.get_sampler(method, sde, shape, **options)
+
+
+# ----------------------------------------------------------------------------------------------
+# Context: distributed info, SDE, model state, score function
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class _Context:
+    config: Any
+    info: distributed.DistInfo
+    sde: Any
+    state: Dict[str, Any]
+    shape: Tuple[int, ...]           # one item, no batch dimension
+    seed: int
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.state["model"]
+
+    def score_fn(self) -> Callable:
+        from . import builders
+        self.model.eval()
+        return builders.score_fn_from_model(self.config, self.sde, self.model)
+
+
+def _context(config: Any) -> _Context:
+    from . import builders
+    info = distributed.setup(str(_get(config, "device", "auto")))
+    sde = builders.sde_from_config(config)
+    state = builders.create_state(config, info.device)
+    state["model"] = distributed.unwrap(state["model"])
+    shape = tuple(int(s) for s in builders.data_shape(config))
+    return _Context(config, info, sde, state, shape, int(_get(config, "seed", 0)))
+
+
+def _reset_ema(state: Dict[str, Any]) -> None:
+    """Make the EMA equal to the loaded (EMA) weights, so EMA-swapping evaluation code is a no-op."""
+    decay = getattr(state.get("ema"), "decay", 0.999)
+    state["ema"] = ExponentialMovingAverage(state["model"].parameters(), decay)
+
+
+def load_ema_weights(ctx: _Context, path: str) -> int:
+    """Load our checkpoint (weights-only) and put its EMA weights into the model; returns its step."""
+    from . import builders
+    ckpt = checkpoint.load_checkpoint(path, map_location="cpu")
+    builders.load_state(ctx.state, ckpt)
+    if "ema" in ckpt:
+        ctx.state["ema"].copy_to(ctx.model.parameters())
+    _reset_ema(ctx.state)
+    return int(ckpt["step"])
+
+
+def load_imported(ctx: _Context, path: str) -> int:
+    """Load a score_sde_pytorch checkpoint's EMA weights through the models' compat importer."""
+    from .models import compat
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"eval.import_ckpt={path!r} does not exist; point it at a score_sde_pytorch "
+                                f"checkpoint_<n>.pth")
+    converted = compat.load_score_sde_pytorch(path, ctx.model, which="ema")
+    _reset_ema(ctx.state)
+    return int(converted.get("step", 0))
+
+
+def checkpoints_in_range(workdir: str, begin: int, end: Optional[int]) -> List[Tuple[int, str]]:
+    """Our numbered checkpoints with begin <= step <= end (end None: no upper bound), by step."""
+    found = checkpoint.list_checkpoints(workdir)
+    chosen = [(s, p) for s, p in found if s >= begin and (end is None or s <= end)]
+    if not chosen:
+        raise FileNotFoundError(
+            f"no checkpoint with training step in [{begin}, {end}] under {workdir}/checkpoints (found steps "
+            f"{[s for s, _ in found]}); train first or set eval.begin_ckpt/eval.end_ckpt (they are steps)")
+    return chosen
+
+
+# ----------------------------------------------------------------------------------------------
+# Data helpers
+# ----------------------------------------------------------------------------------------------
+def _batches(ds, indices: Sequence[int], batch_size: int) -> Iterator[torch.Tensor]:
+    indices = list(indices)
+    for start in range(0, len(indices), batch_size):
+        yield torch.stack([ds[i] for i in indices[start:start + batch_size]])
+
+
+def _split(config: Any, name: str, dequantize: bool = False):
+    """The 'train' or 'test'/'eval' split; images uniformly dequantized and unflipped if asked."""
+    if dequantize:
+        config = copy.deepcopy(config)
+        with config.unlocked() if hasattr(config, "unlocked") else _nullcontext():
+            config.data.uniform_dequantization = True
+            config.data.random_flip = False
+    train, evals = datasets.get_dataset(config)
+    if name == "train":
+        return train
+    if name in ("test", "eval"):
+        return evals
+    raise ValueError(f"eval.bpd_dataset={name!r}; choose 'train' or 'test'")
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _batch_size(config: Any) -> int:
+    bs = int(_get(config.eval, "batch_size", 0) or 0)
+    if bs < 1:
+        raise ValueError(f"config.eval.batch_size must be a positive integer, got {bs}")
+    return bs
+
+
+# ----------------------------------------------------------------------------------------------
+# Eval loss and bits/dim
+# ----------------------------------------------------------------------------------------------
+def eval_loss(ctx: _Context) -> Dict[str, float]:
+    """Mean DSM loss of the EMA weights over the whole eval split (losses.get_step_fn(train=False))."""
+    from . import builders
+    cfg, info = ctx.config, ctx.info
+    tr = cfg.training
+    step_fn = losses.get_step_fn(ctx.sde, train=False, kind=builders.loss_kind(cfg),
+                                 continuous=bool(_get(tr, "continuous", True)),
+                                 reduce_mean=bool(_get(tr, "reduce_mean", False)),
+                                 likelihood_weighting=bool(_get(tr, "likelihood_weighting", False)),
+                                 precision=str(_get(tr, "precision", "fp32")))
+    ds, scaler = _split(cfg, "test"), datasets.get_data_scaler(cfg)
+    torch.manual_seed(distributed.rank_seed(ctx.seed, info.rank))
+    total = torch.zeros(2, dtype=torch.float64)
+    for batch in _batches(ds, distributed.shard_indices(len(ds), info), _batch_size(cfg)):
+        out = step_fn(ctx.state, scaler(batch.to(info.device)))
+        total += torch.tensor([out["loss"] * batch.shape[0], batch.shape[0]], dtype=torch.float64)
+    total = distributed.all_reduce_sum(total.to(info.device), info).cpu()
+    return {"loss": float(total[0] / total[1]), "num_examples": int(total[1])}
+
+
+def _bits_per_dim(nll: torch.Tensor, config: Any, shape: Tuple[int, ...]) -> torch.Tensor:
+    """Per-example bits/dim of the [0,1]-dequantized data; toys (no levels): nll / (d ln 2)."""
+    from . import likelihood
+    levels = _get(config.data, "num_levels")
+    if datasets._dataset_name(config) in datasets.TOY_DATASETS or not levels:
+        return nll / (math.prod(shape) * math.log(2.0))
+    scale = 2.0 if bool(_get(config.data, "centered", False)) else 1.0
+    return torch.as_tensor(likelihood.bits_per_dim(nll, shape, num_levels=int(levels), data_scale=scale))
+
+
+def eval_bpd(ctx: _Context, score_fn: Callable) -> Dict[str, float]:
+    """Bits/dim on eval.bpd_dataset via the probability-flow ODE (eval.bpd_trace estimator)."""
+    from . import likelihood
+    cfg, info = ctx.config, ctx.info
+    ds = _split(cfg, str(_get(cfg.eval, "bpd_dataset", "test")), dequantize=True)
+    bs, limit = _batch_size(cfg), _get(cfg.eval, "bpd_num_batches")
+    n = len(ds) if not limit else min(len(ds), int(limit) * bs)
+    nll_fn = likelihood.get_likelihood_fn(ctx.sde, trace=str(_get(cfg.eval, "bpd_trace", "exact")))
+    seed = distributed.rank_seed(ctx.seed, info.rank)
+    torch.manual_seed(seed)  # drives the per-item dequantization noise
+    gen = torch.Generator().manual_seed(seed)
+    scaler, nlls, nfes = datasets.get_data_scaler(cfg), [], []
+    for batch in _batches(ds, distributed.shard_indices(n, info), bs):
+        nll, _, nfe = nll_fn(score_fn, scaler(batch.to(info.device)), generator=gen)
+        nlls.append(nll.detach().double())
+        nfes.append(float(nfe))
+    local = torch.cat(nlls) if nlls else torch.zeros(0, dtype=torch.float64, device=info.device)
+    nll = distributed.all_gather_cat(local.to(info.device), info).cpu()
+    nfe = distributed.all_gather_cat(torch.tensor(nfes, dtype=torch.float64, device=info.device), info)
+    bpd = _bits_per_dim(nll, cfg, ctx.shape).double()
+    return {"bits_per_dim": float(bpd.mean()), "bits_per_dim_stderr": float(bpd.std() / math.sqrt(len(bpd)))
+            if len(bpd) > 1 else 0.0, "nll_nats": float(nll.mean()), "num_examples": int(len(bpd)),
+            "nfe_mean": float(nfe.mean()) if len(nfe) else 0.0}
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling
+# ----------------------------------------------------------------------------------------------
+def draw_samples(ctx: _Context) -> Tuple[torch.Tensor, torch.Tensor, float]:
+    """eval.num_samples samples (model space, CPU) split across ranks, with the NFE of each batch call
+    and the slowest rank's seconds. Generator seeded from (config.seed, rank)."""
+    cfg, info = ctx.config, ctx.info
+    total, bs = int(_get(cfg.eval, "num_samples", 0) or 0), _batch_size(cfg)
+    if total < 1:
+        raise ValueError(f"config.eval.num_samples must be a positive integer, got {total}")
+    n, score_fn = distributed.split_count(total, info), ctx.score_fn()
+    gen = torch.Generator().manual_seed(distributed.rank_seed(ctx.seed, info.rank))
+    samplers: Dict[int, Callable] = {}
+    xs, nfes = [torch.zeros((0, *ctx.shape), device=info.device)], []
+    start = time.perf_counter()
+    for first in range(0, n, bs):
+        b = min(bs, n - first)
+        if b not in samplers:
+            samplers[b] = sampler_from_config(cfg, ctx.sde, (b, *ctx.shape), device=info.device)
+        with torch.no_grad():
+            x, nfe = samplers[b](score_fn, generator=gen)
+        xs.append(x.detach().float())
+        nfes.append(float(nfe))
+    if info.device.type == "cuda":
+        torch.cuda.synchronize(info.device)
+    seconds = torch.tensor([time.perf_counter() - start], dtype=torch.float64, device=info.device)
+    x = distributed.all_gather_cat(torch.cat(xs), info).cpu()
+    nfe = distributed.all_gather_cat(torch.tensor(nfes, dtype=torch.float64, device=info.device), info).cpu()
+    seconds = float(distributed.all_gather_cat(seconds, info).max())
+    return x, nfe, seconds
+
+
+def _is_image(ctx: _Context) -> bool:
+    return len(ctx.shape) == 3
+
+
+def _to_data_space(ctx: _Context, x: torch.Tensor) -> torch.Tensor:
+    x = datasets.get_data_inverse_scaler(ctx.config)(x)
+    return x.clamp(0.0, 1.0) if _is_image(ctx) else x
+
+
+def save_picture(ctx: _Context, x_data: torch.Tensor, path: str) -> Optional[str]:
+    """PNG grid of images (first 64) or scatter plot of 2-D points; None for other data."""
+    from . import images
+    if _is_image(ctx):
+        images.save_image_grid(x_data[:64], path)
+    elif ctx.shape == (2,):
+        images.scatter_png(x_data.numpy(), path)
+    else:
+        return None
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Sample metrics
+# ----------------------------------------------------------------------------------------------
+def _reference(ctx: _Context, name: str, limit: int) -> torch.Tensor:
+    """Up to `limit` items of split `name` in data space (deterministic given config.seed)."""
+    ds = _split(ctx.config, name)
+    torch.manual_seed(ctx.seed)
+    return torch.stack([ds[i] for i in range(min(len(ds), limit))])
+
+
+def _fid(ctx: _Context, x_data: torch.Tensor, ref: torch.Tensor) -> float:
+    from . import inception
+    net = inception.load_inception(check_inception_path(ctx.config), device=ctx.info.device)
+    feats = [inception.inception_features(net, x, batch_size=_batch_size(ctx.config)) for x in (x_data, ref)]
+    return float(metrics.fid_from_features(*feats))
+
+
+def sample_metrics(ctx: _Context, x_model: torch.Tensor, x_data: torch.Tensor) -> Dict[str, float]:
+    """Sliced W2 to held-out data (with the train-vs-held-out floor), exact NLL for toy_ring, FID."""
+    cfg = ctx.config
+    limit = int(_get(cfg.eval, "num_reference", 10000) or 10000)
+    ref, train = _reference(ctx, "test", limit), _reference(ctx, "train", x_data.shape[0])
+    sw = lambda a: metrics.sliced_wasserstein(a, ref, generator=torch.Generator().manual_seed(ctx.seed))  # noqa
+    out = {"sliced_wasserstein": sw(x_data), "sliced_wasserstein_train_floor": sw(train),
+           "num_reference": int(ref.shape[0])}
+    density = datasets.get_toy_density(cfg)
+    if density is not None:  # exact density known: mean NLL of samples vs. of held-out data (model space)
+        ref_model = datasets.get_data_scaler(cfg)(ref)
+        out["sample_nll"] = float(-density.log_prob(x_model.double()).mean())
+        out["data_nll"] = float(-density.log_prob(ref_model.double()).mean())
+        out["delta_log_p"] = out["data_nll"] - out["sample_nll"]
+    if bool(_get(cfg.eval, "enable_fid", False)):
+        out["fid"] = _fid(ctx, x_data, ref)
+    return out
+
+
+def check_inception_path(config: Any) -> str:
+    """eval.inception_path when eval.enable_fid; a clear error when it is unset or missing."""
+    path = _get(config.eval, "inception_path")
+    if not path or not os.path.isfile(str(path)):
+        raise FileNotFoundError(
+            f"eval.enable_fid needs local Inception weights but eval.inception_path={path!r} is not a file; "
+            f"set --config.eval.inception_path=/path/to/pt_inception-2015-12-05.pth or eval.enable_fid=False")
+    return str(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-checkpoint work
+# ----------------------------------------------------------------------------------------------
+def _run_once(ctx: _Context, path: str, settings: Dict[str, Any], work: Callable[[], Dict[str, Any]]) -> bool:
+    """Run `work` unless the report at `path` records the same settings; rank 0 writes the report.
+
+    The skip decision is rank 0's, broadcast, so every rank takes part in the same collectives."""
+    done = distributed.broadcast_object(report.is_done(path, settings) if ctx.info.is_main else None, ctx.info)
+    if done:
+        log.info("skipping %s (already done)", path)
+        return False
+    payload = work()
+    if ctx.info.is_main:
+        report.write_json(path, {"settings": settings, **payload})
+    distributed.barrier(ctx.info)
+    return True
+
+
+def sampling_job(ctx: _Context, folder: str, step: int, source: str, with_metrics: bool) -> str:
+    """Draw samples with the configured sampler into `<folder>/<method>_<tag>/`; returns that folder."""
+    method, options = sampler_settings(ctx.config, ctx.sde)
+    out = os.path.join(folder, f"{method}_{report.options_tag(options)}")
+    settings = {"sampler": method, "options": options, "num_samples": int(ctx.config.eval.num_samples),
+                "seed": ctx.seed, "checkpoint_step": step,
+                "metrics": with_metrics, "fid": with_metrics and bool(_get(ctx.config.eval, "enable_fid", False))}
+
+    def work() -> Dict[str, Any]:
+        x, nfe, seconds = draw_samples(ctx)
+        if not ctx.info.is_main:
+            return {}
+        x_data = _to_data_space(ctx, x)
+        report.save_npz(os.path.join(out, "samples.npz"), samples=x_data.numpy(), nfe=nfe.numpy())
+        picture = save_picture(ctx, x_data, os.path.join(out, "samples.png"))
+        result = {"sampler": method, "options": options, "checkpoint": source, "checkpoint_step": step,
+                  "num_samples": int(x.shape[0]), "nfe": float(nfe.mean()), "nfe_max": float(nfe.max()),
+                  "num_batches": int(nfe.numel()), "seconds": seconds, "world_size": ctx.info.world_size,
+                  "picture": picture and os.path.basename(picture)}
+        if with_metrics:
+            result["metrics"] = sample_metrics(ctx, x, x_data)
+        log.info("%s: %d samples, NFE %.1f, %.1fs %s", out, x.shape[0], result["nfe"], seconds,
+                 result.get("metrics", ""))
+        return result
+
+    _run_once(ctx, os.path.join(out, "report.json"), settings, work)
+    return out
+
+
+def evaluate_checkpoint(ctx: _Context, folder: str, step: int, source: str) -> None:
+    """Loss, bits/dim and sampling for the weights currently loaded in ctx, as the config enables."""
+    ev, base = ctx.config.eval, {"checkpoint_step": step, "seed": ctx.seed}
+    if bool(_get(ev, "enable_loss", False)):
+        _run_once(ctx, os.path.join(folder, "loss.json"), base, lambda: eval_loss(ctx))
+    if bool(_get(ev, "enable_bpd", False)):
+        settings = dict(base, dataset=_get(ev, "bpd_dataset", "test"), trace=_get(ev, "bpd_trace", "exact"),
+                        num_batches=_get(ev, "bpd_num_batches"), batch_size=_batch_size(ctx.config))
+        _run_once(ctx, os.path.join(folder, "bpd.json"), settings, lambda: eval_bpd(ctx, ctx.score_fn()))
+    if bool(_get(ev, "enable_sampling", False)):
+        sampling_job(ctx, folder, step, source, with_metrics=True)
+
+
+def _checks(config: Any) -> None:
+    """Fail before any work on settings that would fail later."""
+    sampler_settings(config, _Dummy())
+    if bool(_get(config.eval, "enable_sampling", False)) and bool(_get(config.eval, "enable_fid", False)):
+        if datasets._dataset_name(config) in datasets.TOY_DATASETS:
+            raise ValueError("eval.enable_fid applies to image data sets only; set eval.enable_fid=False")
+        check_inception_path(config)
+
+
+class _Dummy:
+    sampling_eps = 0.0
+
+
+def evaluate(config: Any, workdir: str, eval_folder: str = "eval") -> None:
+    """Evaluate every checkpoint with step in [eval.begin_ckpt, eval.end_ckpt], or eval.import_ckpt."""
+    _checks(config)
+    ctx, root = _context(config), os.path.join(workdir, eval_folder)
+    imported = _get(config.eval, "import_ckpt")
+    if imported:
+        step = load_imported(ctx, str(imported))
+        stem = os.path.splitext(os.path.basename(str(imported)))[0]
+        evaluate_checkpoint(ctx, os.path.join(root, f"imported_{stem}"), step, str(imported))
+        return
+    begin, end = int(_get(config.eval, "begin_ckpt", 0) or 0), _get(config.eval, "end_ckpt")
+    for step, path in checkpoints_in_range(workdir, begin, None if end is None else int(end)):
+        loaded = load_ema_weights(ctx, path)
+        evaluate_checkpoint(ctx, os.path.join(root, f"ckpt_{loaded}"), loaded, path)
+
+
+def sample(config: Any, workdir: str, eval_folder: str = "eval") -> str:
+    """eval.num_samples samples from the newest checkpoint (or eval.import_ckpt) with the configured
+    sampler: `<workdir>/<eval_folder>/sample_<step>/<method>_<tag>/` (samples.npz, samples.png, report.json)."""
+    sampler_settings(config, _Dummy())
+    ctx = _context(config)
+    imported = _get(config.eval, "import_ckpt")
+    path = str(imported) if imported else checkpoint.latest_checkpoint(workdir)
+    if path is None:
+        raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints; train first (--mode train) or set "
+                                f"eval.import_ckpt")
+    step = load_imported(ctx, path) if imported else load_ema_weights(ctx, path)
+    return sampling_job(ctx, os.path.join(workdir, eval_folder, f"sample_{step}"), step, path, with_metrics=False)

@@ -1,0 +1,363 @@
+"""Training loop: `train(config, workdir)`.
+
+One code path for 1 or K torchrun processes (score_sde.distributed). Only rank 0 writes files.
+Outputs under workdir: checkpoints/checkpoint_<step>.pth every training.snapshot_freq (and at the
+last step), checkpoints-meta/checkpoint.pth every training.snapshot_freq_for_preemption,
+tensorboard/ (loss, lr, grad_norm, eval loss, sample grids) and samples/iter_<step>/.
+
+Repeatable by construction: the batch of step s is a pure function of (seed, s) (see StepBatchSampler),
+every other random draw comes from the global torch RNG whose state is saved in each checkpoint, and
+evaluation/sampling run inside a forked RNG. A run killed at any point and restarted resumes from the
+newest checkpoint and ends with the same parameters as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from . import builders, checkpoint, datasets, distributed, images, losses
+
+log = logging.getLogger(__name__)
+PRECISIONS = ("fp32", "bf16")
+SNAPSHOT_IMAGES = 64   # images drawn for the snapshot grid
+SNAPSHOT_POINTS = 1000  # points drawn for a 2-D scatter snapshot
+
+
+# ----------------------------------------------------------------------------------------------
+# Settings: every training.* key is read (and checked) here, before any work starts
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainSettings:
+    batch_size: int
+    n_iters: int
+    log_freq: int
+    eval_freq: int
+    snapshot_freq: int
+    snapshot_freq_for_preemption: int
+    snapshot_sampling: bool
+    precision: str
+    compile: bool
+    channels_last: bool
+    seed: int
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"config.{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def read_settings(config: Any) -> TrainSettings:
+    """Read and check config.training (and config.seed / config.optim through the optimizer)."""
+    tr = config.training
+    builders.sde_from_config(config)  # training.sde + the SDE's model.* fields
+    builders.loss_kind(config)        # training.continuous
+    for key in ("reduce_mean", "likelihood_weighting"):
+        if not isinstance(tr[key], bool):
+            raise ValueError(f"config.training.{key} must be True or False, got {tr[key]!r}")
+    precision = str(tr.precision)
+    if precision not in PRECISIONS:
+        raise ValueError(f"config.training.precision={precision!r}; choose one of {PRECISIONS}")
+    settings = TrainSettings(
+        batch_size=_positive_int("training.batch_size", tr.batch_size),
+        n_iters=_positive_int("training.n_iters", tr.n_iters),
+        log_freq=_positive_int("training.log_freq", tr.log_freq),
+        eval_freq=_positive_int("training.eval_freq", tr.eval_freq),
+        snapshot_freq=_positive_int("training.snapshot_freq", tr.snapshot_freq),
+        snapshot_freq_for_preemption=_positive_int("training.snapshot_freq_for_preemption",
+                                                   tr.snapshot_freq_for_preemption),
+        snapshot_sampling=bool(tr.snapshot_sampling), precision=precision, compile=bool(tr.compile),
+        channels_last=bool(tr.channels_last), seed=int(config.seed))
+    if str(config.device) not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"config.device={config.device!r}; choose 'auto', 'cpu' or 'cuda'")
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("config.device='cuda' but no CUDA device is visible; use --config.device=cpu or auto")
+    return settings
+
+
+def per_rank_batch(global_batch: int, world_size: int) -> int:
+    """training.batch_size is global: each of the world_size processes takes an equal share."""
+    if global_batch % world_size:
+        raise ValueError(f"training.batch_size={global_batch} is not divisible by the {world_size} processes; "
+                         f"use a multiple of {world_size}")
+    return global_batch // world_size
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: the batch of every step is a pure function of (seed, step)
+# ----------------------------------------------------------------------------------------------
+class StepBatchSampler(Sampler[List[int]]):
+    """Infinite batches: the data visited epoch after epoch, epoch e in the order randperm(seed, e).
+
+    Global batch s covers positions [s B, (s+1) B) of that endless stream; each rank takes its
+    contiguous share. Starting at `start_step` reproduces exactly the batches an uninterrupted run
+    sees from there (the role DistributedSampler.set_epoch plays, made resumable mid-epoch)."""
+
+    def __init__(self, n: int, global_batch: int, seed: int, start_step: int = 0, rank: int = 0,
+                 world_size: int = 1):
+        if n < 1:
+            raise ValueError("the training set is empty; check config.data")
+        self.n, self.global_batch, self.seed = n, global_batch, seed
+        self.start_step, self.rank, self.world = start_step, rank, world_size
+        self._perm_epoch, self._perm = -1, None
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        if epoch != self._perm_epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm, self._perm_epoch = torch.randperm(self.n, generator=g), epoch
+        return self._perm
+
+    def batch_indices(self, step: int) -> List[int]:
+        share = self.global_batch // self.world
+        start = step * self.global_batch + self.rank * share
+        out = []
+        for pos in range(start, start + share):
+            out.append(int(self._order(pos // self.n)[pos % self.n]))
+        return out
+
+    def __iter__(self) -> Iterator[List[int]]:
+        step = self.start_step
+        while True:
+            yield self.batch_indices(step)
+            step += 1
+
+    def __len__(self) -> int:  # DataLoader asks; the stream is endless
+        raise TypeError("StepBatchSampler is infinite")
+
+
+def batch_iterator(ds: Dataset, global_batch: int, seed: int, start_step: int,
+                   info: distributed.DistInfo) -> Iterator[torch.Tensor]:
+    """Endless iterator of this rank's batches from `start_step` on (items fetched in this process,
+    so their random dequantization/flips follow the checkpointed global RNG)."""
+    sampler = StepBatchSampler(len(ds), global_batch, seed, start_step, info.rank, info.world_size)
+    return iter(DataLoader(ds, batch_sampler=sampler, num_workers=0))
+
+
+def eval_batch(ds: Dataset, batch: int, seed: int, step: int) -> torch.Tensor:
+    """A batch of the evaluation set for the eval loss at `step` (pure function of seed and step)."""
+    g = torch.Generator().manual_seed(seed * 7919 + step)
+    idx = torch.randperm(len(ds), generator=g)[: min(batch, len(ds))]
+    return torch.stack([ds[int(i)] for i in idx])
+
+
+# ----------------------------------------------------------------------------------------------
+# Seeding and checkpoints
+# ----------------------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def _config_json(config: Any) -> str:
+    try:
+        return config.to_json_best_effort()
+    except AttributeError:
+        return json.dumps(str(config))
+
+
+def _gather_rng(info: distributed.DistInfo) -> List[Dict[str, Any]]:
+    """Every rank's RNG state, in rank order (all ranks must call)."""
+    own = checkpoint.capture_rng_state()
+    if not info.distributed:
+        return [own]
+    out: List[Any] = [None] * info.world_size
+    torch.distributed.all_gather_object(out, own)
+    return out
+
+
+def save(state: Dict[str, Any], config: Any, path: str, info: distributed.DistInfo) -> None:
+    """Checkpoint (model, EMA, optimizer, step, every rank's RNG, config) written atomically by rank 0."""
+    rngs = _gather_rng(info)
+    if info.is_main:
+        ckpt = builders.state_dict_for_checkpoint(state)
+        ckpt.update(rng=rngs[0], config=_config_json(config))
+        if info.distributed:
+            ckpt["rng_ranks"] = rngs
+        checkpoint.save_checkpoint(path, ckpt)
+    distributed.barrier(info)
+
+
+def resume(state: Dict[str, Any], workdir: str, info: distributed.DistInfo) -> Optional[str]:
+    """Load the newest checkpoint (numbered or preemption) into state, RNG included; its path or None."""
+    path = checkpoint.latest_checkpoint(workdir)
+    if path is None:
+        return None
+    ckpt = checkpoint.load_checkpoint(path, map_location=info.device)
+    builders.load_state(state, ckpt)
+    ranks = ckpt.get("rng_ranks")
+    if ranks is not None and len(ranks) == info.world_size:
+        checkpoint.restore_rng_state(ranks[info.rank])
+    elif "rng" in ckpt and not info.distributed:
+        checkpoint.restore_rng_state(ckpt["rng"])
+    else:  # another world size: the run continues, but is not bitwise that of an uninterrupted one
+        torch.manual_seed(distributed.rank_seed(int(ckpt["step"]), info.rank))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Logging and snapshots
+# ----------------------------------------------------------------------------------------------
+class Logger:
+    """TensorBoard scalars/images and a tqdm bar on rank 0; silent elsewhere."""
+
+    def __init__(self, workdir: str, info: distributed.DistInfo, start: int, total: int):
+        self.writer = self.bar = None
+        if info.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+            from tqdm.auto import tqdm
+
+            self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self.bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)
+
+    def scalars(self, step: int, values: Dict[str, float], prefix: str = "") -> None:
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(prefix + k, v, step)
+
+    def advance(self, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+
+    def image(self, step: int, array: np.ndarray) -> None:
+        if self.writer is not None:
+            self.writer.add_image("samples", array, step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def snapshot_samples(config: Any, sde, state: Dict[str, Any], workdir: str, step: int,
+                     info: distributed.DistInfo) -> Optional[np.ndarray]:
+    """Draw samples with the configured sampler and EMA weights; write samples/iter_<step>/ (rank 0).
+
+    Returns the picture as a uint8 HWC array for TensorBoard."""
+    if not info.is_main:
+        return None
+    from .evaluation import sampler_from_config
+
+    shape = builders.data_shape(config)
+    n = SNAPSHOT_POINTS if len(shape) == 1 else SNAPSHOT_IMAGES
+    model, ema = distributed.unwrap(state["model"]), state["ema"]
+    sampler = sampler_from_config(config, sde, (n, *shape), device=info.device)
+    ema.store(model.parameters())
+    ema.copy_to(model.parameters())
+    try:
+        score_fn = builders.score_fn_from_model(config, sde, model)
+        g = torch.Generator(device=info.device).manual_seed(int(config.seed) * 104729 + step)
+        with torch.no_grad():
+            x, _ = sampler(score_fn, generator=g)
+    finally:
+        ema.restore(model.parameters())
+    x = datasets.get_data_inverse_scaler(config)(x).float().cpu()
+    folder = os.path.join(workdir, "samples", f"iter_{step}")
+    os.makedirs(folder, exist_ok=True)
+    np.savez_compressed(os.path.join(folder, "samples.npz"), samples=x.numpy())
+    if len(shape) == 1:
+        path = images.scatter_png(x[:, :2], os.path.join(folder, "samples.png"))
+        from PIL import Image
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    images.save_image_grid(x.clamp(0, 1), os.path.join(folder, "samples.png"))
+    grid = images.image_grid(x.clamp(0, 1), scale=max(1, 32 // shape[-1]))
+    return np.repeat(grid, 3, axis=-1) if grid.shape[-1] == 1 else grid
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+def prepare_workdir(workdir: str) -> None:
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, ".write_test")
+        with open(probe, "w"):
+            pass
+        os.unlink(probe)
+    except OSError as e:
+        raise PermissionError(f"cannot write to --workdir={workdir} ({e.strerror}); choose a writable folder") from None
+
+
+def train(config: Any, workdir: str) -> Dict[str, Any]:
+    """Train config's model in workdir, resuming from the newest checkpoint there; returns the final state."""
+    settings = read_settings(config)
+    info = distributed.setup(str(config.device))
+    try:
+        return _train(config, workdir, settings, info)
+    finally:
+        distributed.cleanup()
+
+
+def _train(config: Any, workdir: str, s: TrainSettings, info: distributed.DistInfo) -> Dict[str, Any]:
+    local_batch = per_rank_batch(s.batch_size, info.world_size)
+    if info.is_main:
+        prepare_workdir(workdir)
+    distributed.barrier(info)
+    train_ds, eval_ds = datasets.get_dataset(config)
+    scaler = datasets.get_data_scaler(config)
+    sde = builders.sde_from_config(config)
+
+    seed_everything(s.seed)  # identical initial weights on every rank
+    state = builders.create_state(config, info.device)
+    seed_everything(distributed.rank_seed(s.seed, info.rank))
+    resumed = resume(state, workdir, info)
+    if resumed and info.is_main:
+        log.info("resuming from %s (step %d)", resumed, state["step"])
+    start = state["step"]
+    model = state["model"]
+    if s.compile:
+        model = torch.compile(model)
+    state["model"] = distributed.wrap_model(model, info)
+
+    common = dict(kind=builders.loss_kind(config), continuous=bool(config.training.continuous),
+                  reduce_mean=bool(config.training.reduce_mean),
+                  likelihood_weighting=bool(config.training.likelihood_weighting),
+                  prediction=builders.prediction(config), precision=s.precision)
+    train_step = losses.get_step_fn(sde, train=True, optimize_fn=losses.optimization_manager(config.optim), **common)
+    eval_step = losses.get_step_fn(sde, train=False, **common)
+
+    batches = batch_iterator(train_ds, s.batch_size, s.seed, start, info)
+    logger = Logger(workdir, info, start, s.n_iters)
+    memory_format = torch.channels_last if s.channels_last and len(train_ds.shape) == 3 else None
+    try:
+        while state["step"] < s.n_iters:
+            batch = scaler(next(batches).to(info.device))
+            if memory_format is not None:
+                batch = batch.contiguous(memory_format=memory_format)
+            stats = train_step(state, batch)
+            step = state["step"]
+            logger.advance(stats["loss"])
+            if step % s.log_freq == 0:
+                stats["loss"] = float(distributed.all_reduce_sum(torch.tensor(stats["loss"], device=info.device),
+                                                                 info)) / info.world_size
+                logger.scalars(step, stats, "train/")
+            if step % s.eval_freq == 0:
+                with torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda" else []):
+                    torch.manual_seed(distributed.rank_seed(s.seed * 31 + step, info.rank))
+                    eb = scaler(eval_batch(eval_ds, local_batch, s.seed + info.rank, step).to(info.device))
+                    logger.scalars(step, eval_step(state, eb), "eval/")
+            if step % s.snapshot_freq_for_preemption == 0:
+                save(state, config, checkpoint.meta_checkpoint_path(workdir), info)
+            if step % s.snapshot_freq == 0 or step == s.n_iters:
+                save(state, config, checkpoint.checkpoint_path(workdir, step), info)
+                if s.snapshot_sampling:
+                    with torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda" else []):
+                        logger_image = snapshot_samples(config, sde, state, workdir, step, info)
+                    if logger_image is not None:
+                        logger.image(step, logger_image)
+                    distributed.barrier(info)
+    finally:
+        logger.close()
+    state["model"] = distributed.unwrap(state["model"])
+    return state

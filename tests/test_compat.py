@@ -1,0 +1,142 @@
+"""Import of score_sde_pytorch checkpoints: synthetic checkpoints in the original layout."""
+from collections import OrderedDict
+
+import pytest
+import torch
+
+from score_sde.models import compat, get_model
+from compat_configs import COMPAT_DIR, LAYOUTS, config_for, load_layout
+
+
+def _is_trainable(layout: dict, key: str) -> bool:
+    """In the original, buffers (sigmas) and the fixed Fourier weights are not trained (not in the EMA)."""
+    fourier = layout["model_config"].get("embedding_type") == "fourier" and layout["model_name"] == "ncsnpp"
+    return key != "sigmas" and not (fourier and key == "all_modules.0.W")
+
+
+def synthetic_original(layout: dict, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    model = OrderedDict(("module." + k, torch.randn(shape, generator=g)) for k, shape in layout["state_dict"])
+    shadow = [torch.randn(shape, generator=g) for k, shape in layout["state_dict"] if _is_trainable(layout, k)]
+    return {"model": model, "ema": {"decay": 0.9999, "num_updates": 1300, "shadow_params": shadow},
+            "optimizer": {"state": {}, "param_groups": []}, "step": 1300}
+
+
+def _meta_model(name: str):
+    with torch.device("meta"):
+        return get_model(config_for(name))
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_every_original_key_maps_one_to_one(name):
+    layout = load_layout(name)
+    model = _meta_model(name)
+    shapes = OrderedDict(("module." + k, s) for k, s in layout["state_dict"])
+    mapping = compat.key_mapping(compat.strip_prefix(shapes), model)
+    assert list(mapping) == [k for k, _ in layout["state_dict"]]          # nothing unexpected
+    assert sorted(mapping.values()) == sorted(model.state_dict())         # nothing missing
+    trainable = [k for k, _ in layout["state_dict"] if _is_trainable(layout, k)]
+    ours_trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert [mapping[k] for k in trainable] == ours_trainable              # EMA order = our parameters() order
+
+
+@pytest.mark.parametrize("name", ["vp__ddpm__cifar10", "ve__cifar10_ncsnpp_continuous"])
+def test_load_and_round_trip_real_tensors(name):
+    layout = load_layout(name)
+    src = synthetic_original(layout)
+    model = get_model(config_for(name))
+    converted = compat.load_score_sde_pytorch(src, model, which="model")
+    mapping = compat.key_mapping(compat.strip_prefix(src["model"]), model)
+    ours = model.state_dict()
+    for sk, ok in mapping.items():
+        assert torch.equal(ours[ok], src["model"]["module." + sk]), sk
+    assert converted["step"] == 1300 and converted["ema"]["num_updates"] == 1300
+
+    compat.load_score_sde_pytorch(src, model, which="ema")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert all(torch.equal(p, s) for p, s in zip(trainable, src["ema"]["shadow_params"]))
+    assert torch.equal(model.sigmas, src["model"]["module.sigmas"])     # buffers come from 'model'
+
+    back = compat.to_score_sde_pytorch(converted, model, [k for k, _ in layout["state_dict"]])
+    assert list(back["model"]) == list(src["model"])
+    assert all(torch.equal(back["model"][k], v) for k, v in src["model"].items())
+    assert all(torch.equal(a, b) for a, b in zip(back["ema"]["shadow_params"], src["ema"]["shadow_params"]))
+    assert back["step"] == src["step"]
+
+
+def test_convert_cli_writes_a_weights_only_checkpoint(tmp_path):
+    name = "vp__ddpm__cifar10"
+    src = synthetic_original(load_layout(name), seed=1)
+    torch.save(src, tmp_path / "checkpoint_26.pth")
+    cfg_file = tmp_path / "configs" / "ddpm_cifar10.py"
+    cfg_file.parent.mkdir()
+    cfg_file.write_text(
+        "import json, ml_collections\n"
+        "def get_config():\n"
+        f"    layout = json.load(open({str(COMPAT_DIR / (name + '.json'))!r}))\n"
+        "    return ml_collections.ConfigDict({'model': layout['model_config'],\n"
+        "        'data': {'image_size': 32, 'num_channels': 3, 'centered': True},\n"
+        "        'training': {'continuous': False, 'sde': 'vpsde'}})\n")
+    dst = tmp_path / "out" / "ours.pth"
+    compat.main(["--config", str(cfg_file), "--src", str(tmp_path / "checkpoint_26.pth"), "--dst", str(dst),
+                 "--which", "ema"])
+    ours = torch.load(dst, map_location="cpu", weights_only=True)
+    assert set(ours) == {"model", "ema", "step"} and ours["step"] == 1300
+    model = get_model(config_for(name))
+    model.load_state_dict(ours["model"], strict=True)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert all(torch.equal(p, s) for p, s in zip(trainable, src["ema"]["shadow_params"]))
+    assert all(torch.equal(a, b) for a, b in zip(ours["ema"]["shadow_params"], src["ema"]["shadow_params"]))
+
+
+# ----------------------------------------------------------------------------- errors
+def _shapes(name):
+    return OrderedDict((k, list(s)) for k, s in load_layout(name)["state_dict"])
+
+
+def test_shape_mismatch_names_key_and_both_shapes():
+    shapes = _shapes("ve__cifar10_ncsnpp_continuous")
+    shapes["all_modules.4.Conv_0.weight"] = [128, 128, 1, 1]
+    with pytest.raises(ValueError, match=r"all_modules\.4\.Conv_0\.weight has shape \[128, 128, 1, 1\] "
+                                         r"but our .*conv1\.weight has shape \[128, 128, 3, 3\]"):
+        compat.key_mapping(shapes, _meta_model("ve__cifar10_ncsnpp_continuous"))
+
+
+def test_wrong_config_missing_and_unexpected_entries():
+    name = "vp__cifar10_ddpmpp_continuous"
+    model = _meta_model(name)
+    shapes = _shapes(name)
+    short = OrderedDict(list(shapes.items())[:-1])
+    with pytest.raises(ValueError, match="missing an entry for our conv_out.bias"):
+        compat.key_mapping(short, model)
+    shapes["all_modules.999.bias"] = [3]
+    with pytest.raises(ValueError, match=r"unexpected checkpoint entry all_modules\.999\.bias"):
+        compat.key_mapping(shapes, model)
+    with pytest.raises(ValueError):  # the deep layout does not fit the shallow model
+        compat.key_mapping(_shapes("vp__cifar10_ddpmpp_deep_continuous"), model)
+
+
+def test_ema_and_file_errors(tmp_path):
+    name = "vp__ddpm__cifar10"
+    layout = load_layout(name)
+    model = _meta_model(name)
+    src = synthetic_original(layout)
+    with pytest.raises(ValueError, match="shadow parameters"):
+        compat.convert_ema({"shadow_params": src["ema"]["shadow_params"][:-1]}, model)
+    bad = list(src["ema"]["shadow_params"])
+    bad[3] = torch.zeros(2)
+    with pytest.raises(ValueError, match=r"shadow_params\[3\] has shape \[2\]"):
+        compat.convert_ema({"shadow_params": bad}, model)
+    with pytest.raises(ValueError, match="no 'model' entry"):
+        compat.convert_state({"ema": src["ema"]}, model)
+    with pytest.raises(FileNotFoundError):
+        compat.load_score_sde_pytorch(tmp_path / "absent.pth", model)
+    with pytest.raises(ValueError, match="which="):
+        compat.load_score_sde_pytorch(src, model, which="best")
+    torch.save({"model": {}, "code": _Pickled()}, tmp_path / "pickled.pth")
+    with pytest.raises(ValueError, match="weights-only"):
+        compat.load_score_sde_pytorch(tmp_path / "pickled.pth", model)
+
+
+class _Pickled:
+    """An arbitrary object: loading it needs pickled code, which weights_only refuses."""
