@@ -93,8 +93,9 @@ def _context(config: Any) -> _Context:
     from . import builders
     info = distributed.setup(str(_get(config, "device", "auto")))
     sde = builders.sde_from_config(config)
-    state = builders.create_state(config, info.device)
-    state["model"] = distributed.unwrap(state["model"])
+    model = builders.build_model(config, info.device)  # no optimizer: building Adam costs ~10 s of imports
+    state = {"model": model, "ema": ExponentialMovingAverage(model.parameters(), float(config.model.ema_rate)),
+             "optimizer": None, "step": 0}
     shape = tuple(int(s) for s in builders.data_shape(config))
     return _Context(config, info, sde, state, shape, int(_get(config, "seed", 0)))
 
