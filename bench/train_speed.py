@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import socket
 import statistics
@@ -33,40 +32,17 @@ from score_sde import builders, distributed, losses  # noqa: E402
 DIGITS = ["configs/vp/digits_ddpmpp_continuous.py", "configs/subvp/digits_ddpmpp_continuous.py",
           "configs/ve/digits_ncsnpp_continuous.py", "configs/vp/ddpm/digits.py", "configs/ve/ncsn/digits.py"]
 CIFAR = "configs/vp/cifar10_ddpmpp_continuous.py"
-COMPAT = Path(os.environ.get("SCORE_SDE_COMPAT_DIR", "/work/shared/compat")) / "vp__cifar10_ddpmpp_continuous.json"
-
-
-def find(path: str) -> Path | None:
-    """A config path relative to the repo root (or any sys.path entry holding a configs/ package)."""
-    for base in [ROOT, *map(Path, sys.path)]:
-        if (base / path).is_file():
-            return base / path
-    return None
 
 
 def load_config(path: str):
-    file = find(path)
-    if file is None:
-        if path == CIFAR and COMPAT.is_file():
-            return cifar_from_compat()
+    """get_config() of a config file given relative to the repo root (as main.py's --config)."""
+    file = ROOT / path
+    if not file.is_file():
         raise FileNotFoundError(f"config {path} not found under {ROOT}; pass --configs with existing files")
-    spec = importlib.util.spec_from_file_location(f"bench_cfg_{abs(hash(path))}", file)
+    spec = importlib.util.spec_from_file_location(f"bench_cfg_{file.stem}", file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
-
-
-def cifar_from_compat():
-    """CIFAR-10 DDPM++ (cont.) = default CIFAR-10 config + the published model layout's model fields."""
-    from configs.default_cifar10_configs import get_default_configs
-
-    config = get_default_configs()
-    layout = json.loads(COMPAT.read_text())
-    with config.unlocked():
-        for k, v in layout["model_config"].items():
-            config.model[k] = v
-        config.data.centered = True
-    return config
 
 
 def step_timer(config, device: torch.device, batch: int, precision: str, compile: bool, channels_last: bool,
