@@ -4,6 +4,7 @@ torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them everything runs as a
 """
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional
@@ -39,6 +40,17 @@ def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def collective_timeout() -> datetime.timedelta:
+    """How long a collective may wait for the slowest rank: SCORE_SDE_DIST_TIMEOUT_MIN minutes (default 60).
+
+    Rank 0 alone writes checkpoints and draws snapshot samples while the others wait in a barrier;
+    NCCL's 10-minute default would abort long snapshot sampling of large models."""
+    minutes = float(os.environ.get("SCORE_SDE_DIST_TIMEOUT_MIN", "60"))
+    if minutes <= 0:
+        raise ValueError(f"SCORE_SDE_DIST_TIMEOUT_MIN={minutes} must be a positive number of minutes")
+    return datetime.timedelta(minutes=minutes)
+
+
 def setup(preference: str = "auto") -> DistInfo:
     """Join the torchrun process group if launched under torchrun; otherwise a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -47,7 +59,7 @@ def setup(preference: str = "auto") -> DistInfo:
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=collective_timeout())
     return DistInfo(rank, world, local_rank, device)
 
 
@@ -301,13 +313,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision if on_cuda else "fp32"
 
 
-def use_channels_last(config_value: Any, device: torch.device, image_data: bool) -> bool:
-    """training.channels_last: True/False, or 'auto' (= off: not measured to help on this project's GPUs)."""
-    if isinstance(config_value, str):
-        if config_value.lower() != "auto":
-            raise ValueError(f"training.channels_last={config_value!r}; use True, False or 'auto'")
-        return False
-    return bool(config_value) and image_data
+def use_channels_last(config_value: Any, image_data: bool) -> bool:
+    """training.channels_last (True/False) for image batches; 1-D data ignores it."""
+    if not isinstance(config_value, bool):
+        raise ValueError(f"training.channels_last must be True or False, got {config_value!r}")
+    return config_value and image_data
 
 
 def to_memory_format(batch: torch.Tensor, channels_last: bool) -> torch.Tensor:

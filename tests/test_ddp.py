@@ -103,8 +103,9 @@ def test_precision_and_layout_switches_on_cpu():
     assert distributed.resolve_precision("bf16", cpu) == "fp32"  # autocast is CUDA-only here
     with pytest.raises(ValueError, match="training.precision='fp16'"):
         distributed.resolve_precision("fp16", cpu)
-    assert distributed.use_channels_last("auto", cpu, True) is False
-    assert distributed.use_channels_last(True, cpu, False) is False
+    assert distributed.use_channels_last(True, True) and not distributed.use_channels_last(True, False)
+    with pytest.raises(ValueError, match="channels_last must be True or False"):
+        distributed.use_channels_last("auto", True)
     x = distributed.to_memory_format(torch.zeros(2, 3, 4, 4), True)
     assert x.is_contiguous(memory_format=torch.channels_last)
 
