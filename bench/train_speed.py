@@ -91,10 +91,10 @@ def single(args, path: str, batch: int, device: torch.device, precision: str, co
 
 
 # ----------------------------------------------------------------------------- DDP scaling (CPU, gloo)
-def _ddp_worker(rank, world, port, path, global_batch, warmup, steps, budget, out):
+def _ddp_worker(rank, world, port, path, global_batch, warmup, steps, budget, threads, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     info = distributed.setup("cpu")
     try:
         local = distributed.local_batch_size(global_batch, info)
@@ -107,13 +107,13 @@ def _ddp_worker(rank, world, port, path, global_batch, warmup, steps, budget, ou
         distributed.cleanup()
 
 
-def ddp_throughput(path: str, world: int, global_batch: int, args) -> float:
+def ddp_throughput(path: str, world: int, global_batch: int, args, threads: int = 1) -> float:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     queue = mp.get_context("spawn").SimpleQueue()
-    mp.spawn(_ddp_worker, args=(world, port, path, global_batch, args.warmup, args.steps, args.budget, queue),
-             nprocs=world, join=True)
+    mp.spawn(_ddp_worker, nprocs=world, join=True,
+             args=(world, port, path, global_batch, args.warmup, args.steps, args.budget, threads, queue))
     return global_batch / queue.get()
 
 
@@ -155,14 +155,15 @@ def main() -> None:
 
     if args.skip_ddp:
         return
-    print(f"\nDDP strong scaling on CPU (gloo), {args.ddp_config}, global batch {args.ddp_batch}, 1 thread/process\n")
-    print("| processes | items/s | speed-up | efficiency |")
+    print(f"\nDDP strong scaling on CPU (gloo), {args.ddp_config}, global batch {args.ddp_batch}\n")
+    print("| processes x threads | items/s | speed-up vs 1x1 | efficiency |")
     print("|---|---|---|---|")
     base = None
-    for world in (1, 2):
-        rate = ddp_throughput(args.ddp_config, world, args.ddp_batch, args)
+    for world, threads in ((1, 1), (2, 1), (1, 2)):
+        rate = ddp_throughput(args.ddp_config, world, args.ddp_batch, args, threads)
         base = base or rate
-        print(f"| {world} | {rate:.3g} | {rate / base:.2f} | {rate / (world * base):.0%} |", flush=True)
+        print(f"| {world} x {threads} | {rate:.3g} | {rate / base:.2f} | {rate / (world * threads * base):.0%} |",
+              flush=True)
 
 
 if __name__ == "__main__":
