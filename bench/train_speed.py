@@ -129,6 +129,7 @@ def main() -> None:
     p.add_argument("--ddp-config", default=DIGITS[0])
     p.add_argument("--ddp-batch", type=int, default=128)
     p.add_argument("--skip-ddp", action="store_true")
+    p.add_argument("--cpu-compile", action="store_true", help="also time torch.compile on CPU")
     args = p.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -138,7 +139,7 @@ def main() -> None:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"# {machine}, torch {torch.__version__}, load average before the run: {load}\n")
 
-    variants = [("fp32", False, False)]
+    variants = [("fp32", False, False)] + ([("fp32", True, False)] if args.cpu_compile else [])
     if device.type == "cuda":
         variants += [("bf16", False, False), ("bf16", True, False), ("bf16", False, True), ("bf16", True, True)]
     print("| config | batch | precision | compile | channels_last | s/step | items/s |")
