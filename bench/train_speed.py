@@ -8,7 +8,8 @@ A step is the full training step of score_sde.losses.get_step_fn (noise draw, fo
 backward, clipping, Adam, EMA) on a synthetic batch of the config's data shape, so no data set is
 needed. Each row times `--steps` steps after `--warmup` warm-up steps (compilation happens in the
 warm-up) and reports the median step. DDP scaling keeps the GLOBAL batch fixed (strong scaling):
-K processes with 1 thread each, efficiency = throughput(K) / (K * throughput(1)).
+K processes with 1 thread each, efficiency = throughput(K) / (K * throughput(1)); "CPU efficiency"
+compares items per CPU-second summed over processes, which stays meaningful on a shared machine.
 """
 from __future__ import annotations
 
@@ -62,32 +63,33 @@ def step_timer(config, device: torch.device, batch: int, precision: str, compile
     x = torch.rand(batch, *builders.data_shape(config), device=device) * 2 - 1
     x = distributed.to_memory_format(x, channels_last)
 
-    def run() -> float:
+    def run() -> tuple:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step_fn(state, x)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
     return run
 
 
-def measure(run, warmup: int, steps: int, budget: float) -> float:
+def measure(run, warmup: int, steps: int, budget: float) -> tuple:
+    """Median (wall seconds, CPU seconds of this process) of a step. CPU time (all threads) is what a
+    step costs when the machine is shared; wall time is what it takes."""
     for _ in range(warmup):
         run()
     times, start = [], time.perf_counter()
     while len(times) < steps and (len(times) < 2 or time.perf_counter() - start < budget):
         times.append(run())
-    return statistics.median(times)
+    return statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
 
 
 def single(args, path: str, batch: int, device: torch.device, precision: str, compile: bool, cl: bool):
     info = distributed.DistInfo(0, 1, 0, device)
-    seconds = measure(step_timer(load_config(path), device, batch, precision, compile, cl, info),
-                      args.warmup, args.steps, args.budget)
-    return batch / seconds, seconds
+    return measure(step_timer(load_config(path), device, batch, precision, compile, cl, info),
+                   args.warmup, args.steps, args.budget)
 
 
 # ----------------------------------------------------------------------------- DDP scaling (CPU, gloo)
@@ -99,22 +101,24 @@ def _ddp_worker(rank, world, port, path, global_batch, warmup, steps, budget, th
     try:
         local = distributed.local_batch_size(global_batch, info)
         run = step_timer(load_config(path), info.device, local, "fp32", False, False, info)
-        seconds = measure(run, warmup, steps, budget)
-        slowest = distributed.all_gather_cat(torch.tensor([seconds], dtype=torch.float64), info).max()
-        if rank == 0:
-            out.put(float(slowest))
+        wall, cpu = measure(run, warmup, steps, budget)
+        times = distributed.all_gather_cat(torch.tensor([[wall, cpu]], dtype=torch.float64), info)
+        if rank == 0:  # the slowest rank's wall time; the CPU time of all ranks together
+            out.put((float(times[:, 0].max()), float(times[:, 1].sum())))
     finally:
         distributed.cleanup()
 
 
-def ddp_throughput(path: str, world: int, global_batch: int, args, threads: int = 1) -> float:
+def ddp_throughput(path: str, world: int, global_batch: int, args, threads: int = 1) -> tuple:
+    """(items per wall second, items per CPU second summed over processes) of the global batch."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     queue = mp.get_context("spawn").SimpleQueue()
     mp.spawn(_ddp_worker, nprocs=world, join=True,
              args=(world, port, path, global_batch, args.warmup, args.steps, args.budget, threads, queue))
-    return global_batch / queue.get()
+    wall, cpu = queue.get()
+    return global_batch / wall, global_batch / cpu
 
 
 def main() -> None:
@@ -130,26 +134,28 @@ def main() -> None:
     p.add_argument("--ddp-batch", type=int, default=128)
     p.add_argument("--skip-ddp", action="store_true")
     p.add_argument("--cpu-compile", action="store_true", help="also time torch.compile on CPU")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads of the single-process rows")
     args = p.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but no CUDA device is visible")
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
     machine = (torch.cuda.get_device_name(device) if device.type == "cuda" else f"{os.cpu_count()}-core CPU")
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"# {machine}, torch {torch.__version__}, load average before the run: {load}\n")
+    print(f"# {machine}, torch {torch.__version__}, {args.threads} thread(s), load average before the run: {load}\n")
 
     variants = [("fp32", False, False)] + ([("fp32", True, False)] if args.cpu_compile else [])
     if device.type == "cuda":
         variants += [("bf16", False, False), ("bf16", True, False), ("bf16", False, True), ("bf16", True, True)]
-    print("| config | batch | precision | compile | channels_last | s/step | items/s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| config | batch | precision | compile | channels_last | s/step | items/s | CPU s/step | items/CPU-s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for path in args.configs:
         batch = (args.cifar_batch or (8 if device.type == "cpu" else 128)) if "cifar10" in path else args.batch
         for precision, compile, cl in variants:
             try:
-                rate, sec = single(args, path, batch, device, precision, compile, cl)
-                print(f"| {path} | {batch} | {precision} | {compile} | {cl} | {sec:.4g} | {rate:.3g} |", flush=True)
+                sec, cpu = single(args, path, batch, device, precision, compile, cl)
+                print(f"| {path} | {batch} | {precision} | {compile} | {cl} | {sec:.4g} | {batch / sec:.3g} "
+                      f"| {cpu:.4g} | {batch / cpu:.3g} |", flush=True)
             except Exception as e:  # a failing variant is a result too (e.g. compile unsupported)
                 print(f"| {path} | {batch} | {precision} | {compile} | {cl} | failed: "
                       f"{type(e).__name__}: {str(e).splitlines()[0][:80]} | |", flush=True)
@@ -157,14 +163,14 @@ def main() -> None:
     if args.skip_ddp:
         return
     print(f"\nDDP strong scaling on CPU (gloo), {args.ddp_config}, global batch {args.ddp_batch}\n")
-    print("| processes x threads | items/s | speed-up vs 1x1 | efficiency |")
-    print("|---|---|---|---|")
+    print("| processes x threads | items/s | speed-up vs 1x1 | efficiency | items/CPU-s | CPU efficiency |")
+    print("|---|---|---|---|---|---|")
     base = None
     for world, threads in ((1, 1), (2, 1), (1, 2)):
-        rate = ddp_throughput(args.ddp_config, world, args.ddp_batch, args, threads)
-        base = base or rate
-        print(f"| {world} x {threads} | {rate:.3g} | {rate / base:.2f} | {rate / (world * threads * base):.0%} |",
-              flush=True)
+        rate, per_cpu = ddp_throughput(args.ddp_config, world, args.ddp_batch, args, threads)
+        base = base or (rate, per_cpu)
+        print(f"| {world} x {threads} | {rate:.3g} | {rate / base[0]:.2f} | {rate / (world * threads * base[0]):.0%} "
+              f"| {per_cpu:.3g} | {per_cpu / base[1]:.0%} |", flush=True)
 
 
 if __name__ == "__main__":
