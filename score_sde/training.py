@@ -138,7 +138,8 @@ def batch_iterator(ds: Dataset, global_batch: int, seed: int, start_step: int,
     """Endless iterator of this rank's batches from `start_step` on (items fetched in this process,
     so their random dequantization/flips follow the checkpointed global RNG)."""
     sampler = StepBatchSampler(len(ds), global_batch, seed, start_step, info.rank, info.world_size)
-    return iter(DataLoader(ds, batch_sampler=sampler, num_workers=0))
+    with torch.random.fork_rng(devices=[]):  # creating a DataLoader iterator draws a seed from the global RNG
+        return iter(DataLoader(ds, batch_sampler=sampler, num_workers=0))
 
 
 def eval_batch(ds: Dataset, batch: int, seed: int, step: int) -> torch.Tensor:

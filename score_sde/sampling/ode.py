@@ -141,7 +141,7 @@ def _solve_pf(sde, x: torch.Tensor, score_fn: CountingScore, t0: float, t1: floa
     return out
 
 
-def _resolve_eps(sde, eps: Optional[float]) -> float:
+def resolve_eps(sde, eps: Optional[float]) -> float:
     eps = sde.sampling_eps if eps is None else float(eps)
     if not 0 < eps < sde.T:
         raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}; None uses sde.sampling_eps")
@@ -162,7 +162,7 @@ def ode_sampler(sde, shape: Sequence[int], *, solver: str = "RK45", backend: str
     evaluation's x, t and denoised estimate x0.
     """
     check_solver(backend, solver, rtol, atol, steps)
-    eps = _resolve_eps(sde, eps)
+    eps = resolve_eps(sde, eps)
 
     def sampler(score_fn: ScoreFn, generator: Optional[torch.Generator] = None,
                 x_T: Optional[torch.Tensor] = None, callback: Callback = None) -> Tuple[torch.Tensor, int]:
@@ -189,7 +189,7 @@ def ode_encode(sde, x0: torch.Tensor, score_fn: ScoreFn, *, solver: str = "RK45"
     Decoding z with the `ode` sampler (x_T=z, same options) gives x0 back up to solver error.
     """
     check_solver(backend, solver, rtol, atol, steps)
-    eps = _resolve_eps(sde, eps)
+    eps = resolve_eps(sde, eps)
     counted = CountingScore(score_fn)
     watcher = _Watcher(sde, callback, progress, "ode_encode")
     z = _solve_pf(sde, x0, counted, eps, sde.T, solver=solver, backend=backend, rtol=rtol, atol=atol,
