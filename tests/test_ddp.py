@@ -153,8 +153,9 @@ def _ddp_worker(rank, world, port, steps, path):
         distributed.cleanup()
 
 
-def _reference(config, world, steps):
-    """One process, gradient of (1/K) sum_r loss_r over the K ranks' chunks and noise draws."""
+def _reference(config, worlds):
+    """One process; at step s the gradient of (1/K) sum_r loss_r over the chunks and noise draws of
+    the K = worlds[s] ranks (the number of ranks may change between steps, as on a resume)."""
     torch.manual_seed(config.seed)
     state = builders.create_state(config, torch.device("cpu"))
     model, opt = state["model"], state["optimizer"]
@@ -164,16 +165,15 @@ def _reference(config, world, steps):
     score_fn = parameterization.get_score_fn(sde, model, continuous=True, train=True)
     train_ds, _ = datasets.get_dataset(config)
     items = distributed.KeyedItems(train_ds, config.seed)
-    samplers = [distributed.StepBatches(len(train_ds), config.training.batch_size, config.seed, info(r, world))
-                for r in range(world)]
     logs = []
-    for step in range(steps):
+    for step, world in enumerate(worlds):
         opt.zero_grad(set_to_none=True)
         total = 0.0
-        for r, sampler in enumerate(samplers):
-            batch = torch.stack([items[k] for k in sampler.keys(step)])
+        for r in range(world):
+            keys = distributed.StepBatches(len(train_ds), config.training.batch_size, config.seed,
+                                           info(r, world)).keys(step)
+            batch = torch.stack([items[k] for k in keys])
             torch.manual_seed(distributed.step_seed(config.seed, step, r))
-            model.train(True)
             loss = loss_fn(score_fn, batch)
             (loss / world).backward()
             total += float(loss.detach()) / world
@@ -187,7 +187,7 @@ def test_two_processes_match_single_process_reference(tmp_path):
     steps, world = 4, 2
     launch(_ddp_worker, world, steps, str(tmp_path / "out"))
     runs = [torch.load(f"{tmp_path / 'out'}.{r}", weights_only=True) for r in range(world)]
-    ref, ref_logs = _reference(toy_config(), world, steps)
+    ref, ref_logs = _reference(toy_config(), [world] * steps)
     ref_params = [p.detach() for p in ref["model"].parameters()]
     for run in runs:
         for got, want in zip(run["params"], ref_params):
