@@ -69,8 +69,12 @@ def cleanup() -> None:
 
 
 def barrier(info: DistInfo) -> None:
+    """Wait for every rank; NCCL is told this rank's GPU (otherwise it guesses one, which can hang)."""
     if info.distributed:
-        dist.barrier()
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[info.device.index])
+        else:
+            dist.barrier()
 
 
 def rank_seed(seed: int, rank: int) -> int:
