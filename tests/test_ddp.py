@@ -118,6 +118,23 @@ def test_compiled_and_wrapped_models_save_plain_state_dicts():
     assert list(state["model"]) == ["0.weight", "0.bias"]  # no "_orig_mod." / "module." prefixes
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on the CI machine)")
+def test_bf16_step_on_cuda_keeps_fp32_weights_loss_and_ema():
+    cuda = torch.device("cuda")
+    assert distributed.resolve_precision("auto", cuda) == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
+    config = toy_config()
+    torch.manual_seed(SEED)
+    state = builders.create_state(config, cuda)
+    state["model"] = distributed.wrap_for_training(state["model"], distributed.DistInfo(0, 1, 0, cuda))
+    sde = builders.sde_from_config(config)
+    step_fn = losses.get_step_fn(sde, train=True, optimize_fn=losses.optimization_manager(config.optim),
+                                 precision=distributed.resolve_precision("auto", cuda))
+    out = step_fn(state, torch.randn(8, 2, device=cuda))
+    assert isinstance(out["loss"], float) and out["loss"] == out["loss"]
+    assert all(p.dtype == torch.float32 for p in state["model"].parameters())
+    assert all(p.dtype == torch.float32 for p in state["ema"].shadow_params)
+
+
 # ----------------------------------------------------------------------------- DDP == single-process reference
 def _train_steps(config, dist_info, steps, ddp: bool):
     """The training loop of score_sde.training, reduced to its DDP-relevant parts."""
