@@ -39,7 +39,8 @@ def run(config, workdir: str, mode: str, eval_folder: str) -> None:
 
 def main(argv) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}; pass options as --flag=value")
+        print(f"error: unexpected arguments {argv[1:]}; pass options as --flag=value", file=sys.stderr)
+        sys.exit(2)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.eval_folder)

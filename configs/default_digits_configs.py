@@ -12,16 +12,16 @@ def get_default_configs() -> ml_collections.ConfigDict:
     config.seed = 0
     training = config.training
     training.batch_size = 128
-    training.n_iters = 3000
+    training.n_iters = 1500  # measured: see docs_pipeline.md
     training.log_freq = 50
     training.eval_freq = 250
-    training.snapshot_freq = 1000
+    training.snapshot_freq = 500
     training.snapshot_freq_for_preemption = 250
     training.snapshot_sampling = True
 
     evaluate = config.eval
-    evaluate.begin_ckpt = 3
-    evaluate.end_ckpt = 3
+    evaluate.begin_ckpt = 1500  # training steps: evaluate the final checkpoint
+    evaluate.end_ckpt = 1500
     evaluate.batch_size = 300
     evaluate.enable_loss = True
     evaluate.enable_bpd = True

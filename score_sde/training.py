@@ -76,6 +76,9 @@ def read_settings(config: Any) -> TrainSettings:
                                                    tr.snapshot_freq_for_preemption),
         snapshot_sampling=bool(tr.snapshot_sampling), precision=precision, compile=bool(tr.compile),
         channels_last=bool(tr.channels_last), seed=int(config.seed))
+    if settings.snapshot_sampling:  # fail now, not at the first snapshot, on a bad sampler setting
+        from .evaluation import sampler_settings
+        sampler_settings(config, builders.sde_from_config(config))
     if str(config.device) not in ("auto", "cpu", "cuda"):
         raise ValueError(f"config.device={config.device!r}; choose 'auto', 'cpu' or 'cuda'")
     if config.device == "cuda" and not torch.cuda.is_available():

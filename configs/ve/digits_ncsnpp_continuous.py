@@ -18,6 +18,7 @@ def get_config():
     sampling.method = "pc"
     sampling.predictor = "reverse_diffusion"
     sampling.corrector = "langevin"
+    sampling.steps = 250  # 250 predictor-corrector levels (500 network calls) instead of 1000
 
     config.data.centered = False
     ncsnpp_model(config.model)
