@@ -12,6 +12,7 @@ gathered after the per-rank loops.
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import math
 import os
@@ -22,7 +23,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 import torch
 
-from . import checkpoint, datasets, distributed, losses, metrics, report, sampling
+from . import builders, checkpoint, datasets, distributed, losses, metrics, report, sampling
 from .models.ema import ExponentialMovingAverage
 
 log = logging.getLogger(__name__)
@@ -41,20 +42,29 @@ def _get(section: Any, key: str, default: Any = None) -> Any:
 # Sampler from config
 # ----------------------------------------------------------------------------------------------
 def sampler_settings(config: Any, sde) -> Tuple[str, Dict[str, Any]]:
-    """(method, options): the config.sampling fields the sampler accepts; eps None -> sde.sampling_eps.
-
-    Options left at None in the config are not passed, so the sampler's own default applies."""
+    """(method, options): every option the sampler accepts, from config.sampling where the field is set
+    (not None), else the sampler's own default; eps None -> sde.sampling_eps."""
     method = str(_get(config.sampling, "method", ""))
     if method not in sampling.SAMPLERS:
         raise ValueError(f"config.sampling.method={method!r} is not a sampler; choose one of "
                          f"{sorted(sampling.SAMPLERS)}")
     accepted = sampling.sampler_options(method)
-    options = {name: _get(config.sampling, name) for name in accepted if name not in _RUNTIME_OPTIONS}
-    options = {k: v for k, v in options.items() if v is not None}
+    options = _factory_defaults(method)
+    for name in accepted:
+        value = _get(config.sampling, name)
+        if name not in _RUNTIME_OPTIONS and value is not None:
+            options[name] = value
     if "eps" in accepted:
         eps = _get(config.sampling, "eps")
         options["eps"] = float(sde.sampling_eps if eps is None else eps)
     return method, options
+
+
+def _factory_defaults(method: str) -> Dict[str, Any]:
+    """The sampler's own defaults of its non-runtime options (recorded, so reports show every option)."""
+    params = inspect.signature(sampling.SAMPLERS[method]).parameters.values()
+    return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name not in _RUNTIME_OPTIONS
+            and p.default is not inspect.Parameter.empty}
 
 
 def sampler_from_config(config: Any, sde, shape: Sequence[int], device: Any = None,
@@ -84,13 +94,11 @@ class _Context:
         return self.state["model"]
 
     def score_fn(self) -> Callable:
-        from . import builders
         self.model.eval()
         return builders.score_fn_from_model(self.config, self.sde, self.model)
 
 
 def _context(config: Any) -> _Context:
-    from . import builders
     info = distributed.setup(str(_get(config, "device", "auto")))
     sde = builders.sde_from_config(config)
     model = builders.build_model(config, info.device)  # no optimizer: building Adam costs ~10 s of imports
@@ -108,7 +116,6 @@ def _reset_ema(state: Dict[str, Any]) -> None:
 
 def load_ema_weights(ctx: _Context, path: str) -> int:
     """Load our checkpoint (weights-only) and put its EMA weights into the model; returns its step."""
-    from . import builders
     ckpt = checkpoint.load_checkpoint(path, map_location="cpu")
     builders.load_state(ctx.state, ckpt)
     if "ema" in ckpt:
@@ -183,14 +190,13 @@ def _batch_size(config: Any) -> int:
 # ----------------------------------------------------------------------------------------------
 def eval_loss(ctx: _Context) -> Dict[str, float]:
     """Mean DSM loss of the EMA weights over the whole eval split (losses.get_step_fn(train=False))."""
-    from . import builders
     cfg, info = ctx.config, ctx.info
     tr = cfg.training
     step_fn = losses.get_step_fn(ctx.sde, train=False, kind=builders.loss_kind(cfg),
                                  continuous=bool(_get(tr, "continuous", True)),
                                  reduce_mean=bool(_get(tr, "reduce_mean", False)),
                                  likelihood_weighting=bool(_get(tr, "likelihood_weighting", False)),
-                                 precision=str(_get(tr, "precision", "fp32")))
+                                 prediction=builders.prediction(cfg), precision=str(_get(tr, "precision", "fp32")))
     ds, scaler = _split(cfg, "test"), datasets.get_data_scaler(cfg)
     torch.manual_seed(distributed.rank_seed(ctx.seed, info.rank))
     total = torch.zeros(2, dtype=torch.float64)

@@ -5,8 +5,6 @@ import json
 import math
 import os
 import pathlib
-import sys
-import types
 
 import ml_collections
 import numpy as np
@@ -14,83 +12,6 @@ import pytest
 import torch
 
 from score_sde import builders, checkpoint, evaluation, sampling
-
-# ---------------------------------------------------------------------------------------------
-# Stand-ins, used only while the samplers/ode branches have not landed (real ones register first).
-# ---------------------------------------------------------------------------------------------
-
-
-def _euler_pf_factory(sde, shape, *, steps=10, eps=None, device=None, dtype=torch.float32, progress=False, **_):
-    """Euler steps of the probability-flow ODE dx = [f - g^2/2 score] dt from T to eps."""
-    eps = sde.sampling_eps if eps is None else eps
-
-    def sampler(score_fn, generator=None, x_T=None, callback=None):
-        x = sde.prior_sampling(shape, generator=generator, device=device, dtype=dtype) if x_T is None else x_T
-        times = torch.linspace(sde.T, eps, steps + 1, dtype=torch.float64)
-        for t0, t1 in zip(times[:-1], times[1:]):
-            t = torch.full((shape[0],), float(t0), dtype=x.dtype, device=x.device)
-            f, g = sde.sde(x, t)
-            x = x + (f - 0.5 * (g ** 2)[:, None] * score_fn(x, t)) * float(t1 - t0)
-        return x, steps
-
-    return sampler
-
-
-def _register_standins() -> None:
-    def ddim(sde, shape, *, steps=10, eta=0.0, skip_type="uniform", eps=None, device=None, dtype=torch.float32,
-             progress=False):
-        return _euler_pf_factory(sde, shape, steps=steps, eps=eps, device=device, dtype=dtype)
-
-    def pc(sde, shape, *, steps=10, predictor="reverse_diffusion", corrector="langevin", snr=0.16, n_steps_each=1,
-           noise_removal=True, probability_flow=False, eps=None, device=None, dtype=torch.float32, progress=False):
-        return _euler_pf_factory(sde, shape, steps=steps, eps=eps, device=device, dtype=dtype)
-
-    def dpm_solver(sde, shape, *, steps=10, order=2, skip_type="logSNR", eps=None, device=None,
-                   dtype=torch.float32, progress=False):
-        return _euler_pf_factory(sde, shape, steps=steps, eps=eps, device=device, dtype=dtype)
-
-    for name, factory in (("ddim", ddim), ("pc", pc), ("dpm_solver", dpm_solver)):
-        if name not in sampling.SAMPLERS:
-            sampling.register_sampler(name)(factory)
-
-
-def _likelihood_standin() -> types.ModuleType:
-    """Probability-flow ODE (Euler, exact trace) log-likelihood and the bits/dim conversion of the spec."""
-    mod = types.ModuleType("score_sde.likelihood")
-
-    def get_likelihood_fn(sde, *, trace="exact", steps=50, eps=None, **_):
-        def nll_fn(score_fn, x, generator=None):
-            t_grid = torch.linspace(sde.sampling_eps if eps is None else eps, sde.T, steps + 1, dtype=torch.float64)
-            x, delta = x.detach(), torch.zeros(x.shape[0], dtype=torch.float64)
-            for t0, t1 in zip(t_grid[:-1], t_grid[1:]):
-                t = torch.full((x.shape[0],), float(t0), dtype=x.dtype)
-                with torch.enable_grad():
-                    xi = x.clone().requires_grad_(True)
-                    f, g = sde.sde(xi, t)
-                    v = f - 0.5 * (g ** 2)[:, None] * score_fn(xi, t)
-                    div = sum(torch.autograd.grad(v[:, i].sum(), xi, retain_graph=True)[0][:, i]
-                              for i in range(x.shape[1]))
-                x = (x + v.detach() * float(t1 - t0))
-                delta = delta + div.detach().double() * float(t1 - t0)
-            return -(sde.prior_logp(x).double() + delta), x, steps
-        return nll_fn
-
-    def bits_per_dim(nll, shape, *, num_levels=256, data_scale=2.0):
-        d = math.prod(shape) if not isinstance(shape, int) else shape
-        return (nll - d * math.log(data_scale) + d * math.log(num_levels)) / (d * math.log(2.0))
-
-    mod.get_likelihood_fn, mod.bits_per_dim = get_likelihood_fn, bits_per_dim
-    return mod
-
-
-_register_standins()
-try:
-    import score_sde.likelihood  # noqa: F401
-except ImportError:
-    sys.modules["score_sde.likelihood"] = _likelihood_standin()
-    import score_sde
-    score_sde.likelihood = sys.modules["score_sde.likelihood"]
-
 
 # ---------------------------------------------------------------------------------------------
 # A tiny config and checkpoints
@@ -103,7 +24,7 @@ def tiny_config(**eval_overrides) -> ml_collections.ConfigDict:
     c.data = dict(dataset="toy_ring", dim=2, centered=False, num_train=64, num_eval=48,
                   uniform_dequantization=False, random_flip=False, num_levels=None)
     c.model = dict(name="mlp", hidden_dims=(16, 16), embedding_dim=8, ema_rate=0.9,
-                   beta_min=0.1, beta_max=20.0, num_scales=20, sigma_min=0.01, sigma_max=5.0)
+                   beta_min=0.1, beta_max=20.0, num_scales=100, sigma_min=0.01, sigma_max=5.0)
     c.optim = dict(optimizer="Adam", lr=1e-3, beta1=0.9, eps=1e-8, weight_decay=0.0, warmup=0, grad_clip=1.0)
     c.sampling = dict(method="ddim", steps=4, eta=0.0, skip_type="uniform", predictor="reverse_diffusion",
                       corrector="langevin", snr=0.16, n_steps_each=1, noise_removal=True,
@@ -324,3 +245,23 @@ def test_two_processes_match_single_process(tmp_path):
     bpd = json.load(open(os.path.join(wd, "eval_ddp", "ckpt_1", "bpd.json")))
     loss = json.load(open(os.path.join(wd, "eval_ddp", "ckpt_1", "loss.json")))
     assert bpd["num_examples"] == 4 and loss["num_examples"] == 48
+
+
+@pytest.mark.parametrize("centered, expected", [(True, math.log2(17) - 1), (False, math.log2(17))])
+def test_image_bits_per_dim_uses_levels_and_centering(centered, expected):
+    """nll = 0 nats in model space: bpd = log2(L) - log2(scale) (scale 2 for [-1, 1], 1 for [0, 1])."""
+    cfg = tiny_config()
+    cfg.data.update(dict(dataset="digits", num_levels=17, centered=centered, image_size=8, num_channels=1))
+    bpd = evaluation._bits_per_dim(torch.zeros(3, dtype=torch.float64), cfg, (1, 8, 8))
+    np.testing.assert_allclose(bpd.numpy(), expected, rtol=1e-12)
+
+
+def test_bpd_split_is_dequantized_even_when_config_is_not():
+    cfg = tiny_config()
+    cfg.data.update(dict(dataset="digits", num_levels=17, image_size=8, num_channels=1))
+    cfg.data.uniform_dequantization = False
+    torch.manual_seed(0)
+    x = evaluation._split(cfg, "test", dequantize=True)[0] * 17
+    centres = evaluation._split(cfg, "test")[0] * 17           # bin centres k + 0.5
+    assert torch.equal(torch.floor(x), torch.floor(centres))   # same levels k
+    assert not torch.allclose(x - torch.floor(x), torch.full_like(x, 0.5))
