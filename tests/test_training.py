@@ -217,3 +217,26 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path):
         assert p.returncode != 0, (extra, err)
         assert len(lines) == 1 and lines[0].startswith("error: "), (extra, err[-3000:])
         assert must in lines[0] and hint in lines[0], (extra, lines[0])
+
+
+# ------------------------------------------------------------------ pictures
+def test_image_grid_places_tiles_and_rounds_levels(tmp_path):
+    from PIL import Image
+
+    from score_sde import images
+
+    x = torch.zeros(3, 1, 2, 2)
+    x[1] = 1.0
+    x[2, 0, 0, 1] = 0.5
+    grid = images.image_grid(x, nrow=2, padding=1)
+    assert grid.shape == (7, 7, 1) and grid.dtype.name == "uint8"  # 2 rows x 2 columns of 2x2 + padding
+    assert (grid[1:3, 4:6, 0] == 255).all() and (grid[1:3, 1:3, 0] == 0).all()
+    assert grid[4, 2, 0] == 128 and grid[0].max() == 0  # 0.5 -> 127.5 rounds to 128; padding stays black
+    path = images.save_image_grid(x, str(tmp_path / "g.png"), nrow=2, scale=1)
+    assert (Image.open(path).size) == (7, 7)
+    pts = torch.tensor([[0.0, 0.0], [1.0, 1.0], [float("nan"), 0.0]])
+    img = Image.open(images.scatter_png(pts, str(tmp_path / "s.png"), size=11, bounds=(0, 1, 0, 1), radius=1))
+    assert img.getpixel((0, 10)) == (0, 0, 0) and img.getpixel((10, 0)) == (0, 0, 0)  # y grows upwards
+    assert img.getpixel((5, 5)) == (255, 255, 255)
+    with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
+        images.image_grid(torch.zeros(2, 8, 8))
