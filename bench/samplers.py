@@ -26,7 +26,7 @@ from typing import Dict, List, Tuple
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from score_sde import sampling, sde_lib, toy  # noqa: E402
+from score_sde import metrics, sampling, sde_lib, toy  # noqa: E402
 
 DISCRETE_LEVEL_SAMPLERS = ("ddpm", "ddim", "ald")
 
@@ -49,11 +49,8 @@ QUICK: Dict[str, List[dict]] = {
 
 # ----------------------------------------------------------------------------- metrics
 def sliced_w2(a: torch.Tensor, b: torch.Tensor, projections: int, generator: torch.Generator) -> float:
-    """Sliced Wasserstein-2 between equal-size point sets: sorted 1-D projections on random directions."""
-    d = torch.randn(a.shape[1], projections, dtype=torch.float64, generator=generator)
-    d = d / d.norm(dim=0, keepdim=True)
-    pa, pb = torch.sort(a @ d, dim=0).values, torch.sort(b @ d, dim=0).values
-    return float(((pa - pb) ** 2).mean().sqrt())
+    """Sliced Wasserstein-2 between two point sets (score_sde.metrics)."""
+    return metrics.sliced_wasserstein(a, b, n_projections=projections, generator=generator)
 
 
 def occupancy(gmm: toy.GaussianMixture, x: torch.Tensor) -> torch.Tensor:

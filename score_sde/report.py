@@ -46,6 +46,7 @@ def write_json(path: str, payload: Mapping[str, Any]) -> str:
         with os.fdopen(fd, "w") as f:
             json.dump(jsonable(payload), f, indent=2, sort_keys=True)
             f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; reports are for everyone to read
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -77,6 +78,7 @@ def save_npz(path: str, **arrays: np.ndarray) -> str:
     os.close(fd)
     try:
         np.savez(tmp, **arrays)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -87,18 +87,18 @@ class GaussianMixture:
 
     # --- score functions for samplers -----------------------------------------------------------
     def score_fn(self, sde: SDE) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """Exact score of the SDE's continuous marginal p_t, in x's dtype and device."""
+        """Exact score of the continuous marginal p_t, in x's dtype and device; differentiable in x."""
         def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             td = t.detach().double().cpu()
             m, s = sde.mean_coeff(td), sde.marginal_std(td)
-            return self.score(x.detach().cpu().reshape(x.shape[0], -1), m, s).to(x).reshape(x.shape)
+            return self.score(x.cpu().reshape(x.shape[0], -1), m, s).to(x).reshape(x.shape)
         return fn
 
     def discrete_score_fn(self, sde: SDE) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """Exact score of the SDE's discrete chain at the level nearest to t."""
         def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             m, s = sde.discrete_marginal(sde.discrete_index(t.detach().cpu()))
-            return self.score(x.detach().cpu().reshape(x.shape[0], -1), m, s).to(x).reshape(x.shape)
+            return self.score(x.cpu().reshape(x.shape[0], -1), m, s).to(x).reshape(x.shape)
         return fn
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from score_sde.models import compat, get_model
-from compat_configs import COMPAT_DIR, LAYOUTS, config_for, load_layout
+from test_models import COMPAT_DIR, LAYOUTS, config_for, load_layout, small_unet
 
 
 def _is_trainable(layout: dict, key: str) -> bool:
@@ -57,7 +57,7 @@ def test_load_and_round_trip_real_tensors(name):
     assert all(torch.equal(p, s) for p, s in zip(trainable, src["ema"]["shadow_params"]))
     assert torch.equal(model.sigmas, src["model"]["module.sigmas"])     # buffers come from 'model'
 
-    back = compat.to_score_sde_pytorch(converted, model, [k for k, _ in layout["state_dict"]])
+    back = compat.to_score_sde_pytorch(converted, model, [(k, s) for k, s in layout["state_dict"]])
     assert list(back["model"]) == list(src["model"])
     assert all(torch.equal(back["model"][k], v) for k, v in src["model"].items())
     assert all(torch.equal(a, b) for a, b in zip(back["ema"]["shadow_params"], src["ema"]["shadow_params"]))
@@ -121,12 +121,13 @@ def test_ema_and_file_errors(tmp_path):
     layout = load_layout(name)
     model = _meta_model(name)
     src = synthetic_original(layout)
+    mapping = compat.key_mapping(_shapes(name), model)
     with pytest.raises(ValueError, match="shadow parameters"):
-        compat.convert_ema({"shadow_params": src["ema"]["shadow_params"][:-1]}, model)
+        compat.convert_ema({"shadow_params": src["ema"]["shadow_params"][:-1]}, model, mapping)
     bad = list(src["ema"]["shadow_params"])
     bad[3] = torch.zeros(2)
     with pytest.raises(ValueError, match=r"shadow_params\[3\] has shape \[2\]"):
-        compat.convert_ema({"shadow_params": bad}, model)
+        compat.convert_ema({"shadow_params": bad}, model, mapping)
     with pytest.raises(ValueError, match="no 'model' entry"):
         compat.convert_state({"ema": src["ema"]}, model)
     with pytest.raises(FileNotFoundError):
@@ -140,3 +141,68 @@ def test_ema_and_file_errors(tmp_path):
 
 class _Pickled:
     """An arbitrary object: loading it needs pickled code, which weights_only refuses."""
+
+
+def _code_order(layout: dict) -> "OrderedDict[str, list]":
+    """The DDPM layout with each residual block's tensors in the attribute order of score_sde_pytorch's
+    layers.ResnetBlockDDPM (GroupNorm_0, GroupNorm_1, Conv_0, Conv_1, Dense_0, NIN_0) and indices
+    shifted by one, as if a parameter-free module sat at index 0."""
+    rank = {"GroupNorm_0": 0, "GroupNorm_1": 1, "Conv_0": 2, "Conv_1": 3, "Dense_0": 4, "NIN_0": 5}
+    groups: "OrderedDict[str, list]" = OrderedDict()
+    for key, shape in layout["state_dict"]:
+        parts = key.split(".")
+        head = ".".join(parts[:2])
+        if parts[0] == "all_modules":
+            key = ".".join(["all_modules", str(int(parts[1]) + 1)] + parts[2:])
+        groups.setdefault(head, []).append((key, shape))
+    out = OrderedDict()
+    for entries in groups.values():
+        if any(".GroupNorm_1." in k for k, _ in entries):
+            entries = sorted(entries, key=lambda e: rank[e[0].split(".")[2]])
+        out.update(entries)
+    return out
+
+
+def test_tensors_inside_a_block_are_paired_by_name_and_ema_is_reordered():
+    name = "vp__ddpm__cifar10"
+    layout = load_layout(name)
+    model = _meta_model(name)
+    shapes = _code_order(layout)
+    assert list(shapes)[9] == "all_modules.4.GroupNorm_1.weight"  # first block, code order
+    mapping = compat.key_mapping(shapes, model)
+    assert mapping["all_modules.4.GroupNorm_1.weight"] == "down.0.stages.0.res.norm2.weight"
+    assert mapping["all_modules.4.Dense_0.bias"] == "down.0.stages.0.res.temb_proj.bias"
+    assert sorted(mapping.values()) == sorted(model.state_dict())
+    trainable_src = [k for k in shapes if k != "sigmas"]
+    shadow = [torch.full((1,), float(i)).expand(*shapes[k]) for i, k in enumerate(trainable_src)]
+    ema = compat.convert_ema({"shadow_params": shadow, "decay": 0.9, "num_updates": 5}, model, mapping)
+    inverse = {ok: sk for sk, ok in mapping.items()}
+    for (our_name, _), s in zip(model.named_parameters(), ema["shadow_params"]):
+        assert s.flatten()[0].item() == trainable_src.index(inverse[our_name])
+
+
+def test_converted_ema_feeds_the_training_ema_and_score_fn():
+    from score_sde import parameterization, sde_lib
+    from score_sde.models.ema import ExponentialMovingAverage
+
+    torch.manual_seed(0)
+    cfg = small_unet()
+    model = get_model(cfg)
+    state = model.state_dict()
+    # original-style names for this small model: one all_modules entry per block, tensors in order
+    names = OrderedDict((ours, ours if ours == "sigmas" else f"all_modules.{i}.t{j}.{ours.rsplit('.', 1)[-1]}")
+                        for i, group in enumerate(compat._our_groups(model, with_buffers=True))
+                        for j, (ours, _, _) in enumerate(group))
+    shadow = [p.detach() + 1.0 for p in model.parameters() if p.requires_grad]
+    src = {"model": OrderedDict(("module." + names[k], state[k]) for k in names),
+           "ema": {"decay": 0.99, "num_updates": 3, "shadow_params": shadow}, "step": 3}
+    converted = compat.load_score_sde_pytorch(src, model, which="model")
+    ema = ExponentialMovingAverage(model.parameters(), decay=0.5)
+    ema.load_state_dict(converted["ema"])
+    ema.copy_to(model.parameters())
+    assert all(torch.equal(p, s) for p, s in zip([p for p in model.parameters() if p.requires_grad], shadow))
+    sde = sde_lib.VESDE(sigma_min=0.01, sigma_max=50.0, N=10)
+    score_fn = parameterization.get_score_fn(sde, model.eval(), continuous=True)
+    x = torch.rand(2, 2, 8, 8)
+    out = score_fn(x, torch.tensor([0.3, 0.9]))
+    assert out.shape == x.shape and model.prediction == "score" and torch.isfinite(out).all()

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from score_sde import builders, checkpoint, evaluation, sampling
+from score_sde.models import compat
 
 # ---------------------------------------------------------------------------------------------
 # A tiny config and checkpoints
@@ -140,7 +141,12 @@ def test_samples_reproducible_from_seed(tmp_path, workdir):
 def test_import_score_sde_pytorch_checkpoint(tmp_path):
     cfg = tiny_config(enable_loss=False, enable_bpd=False, num_samples=4)
     ours = _poisoned_checkpoint(cfg, 7, 0)
-    original = {"model": {"module." + k: v for k, v in ours["model"].items()}, "ema": ours["ema"], "step": 7}
+    model = builders.build_model(cfg, torch.device("cpu"))
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]   # score_sde_pytorch's all_modules
+    layout = {f"all_modules.{i}.{leaf}": list(t.shape)
+              for i, m in enumerate(linears) for leaf, t in m.state_dict().items()}
+    original = compat.to_score_sde_pytorch(ours, model, layout)
+    assert all(k.startswith("module.all_modules.") for k in original["model"])
     src = str(tmp_path / "checkpoint_26.pth")
     torch.save(original, src)
     cfg.eval.import_ckpt = src

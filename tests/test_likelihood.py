@@ -102,8 +102,16 @@ def test_more_probes_shrink_the_spread_and_generator_reproduces():
 
 def test_detached_score_is_refused():
     sde = sde_lib.VPSDE()
+    detached = lambda x, t: RING.score_fn(sde)(x.detach(), t)
     with pytest.raises(ValueError, match="detached"):
-        likelihood.get_likelihood_fn(sde)(RING.score_fn(sde), RING.sample(4))
+        likelihood.get_likelihood_fn(sde)(detached, RING.sample(4))
+
+
+def test_oracle_score_fn_works_with_the_exact_trace():
+    sde = sde_lib.VPSDE()
+    x = RING.sample(4, torch.Generator().manual_seed(0))
+    nll, _, _ = likelihood.get_likelihood_fn(sde, rtol=1e-4, atol=1e-4)(RING.score_fn(sde), x)
+    assert torch.isfinite(nll).all() and nll.shape == (4,)
 
 
 @pytest.mark.parametrize("opts,fragment", [

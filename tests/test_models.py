@@ -1,12 +1,34 @@
 """Model registry, layouts of the published configs, forward shapes and exact small-scale properties."""
+import json
 import math
+import os
+from pathlib import Path
 
 import ml_collections
 import pytest
 import torch
 
 from score_sde.models import get_model, layers, registered_models
-from compat_configs import LAYOUTS, config_for, load_layout
+
+# score_sde_pytorch layout files (one JSON per published config: model config, parameter count,
+# ordered state-dict entries); SCORE_SDE_COMPAT_DIR overrides the location.
+COMPAT_DIR = Path(os.environ.get("SCORE_SDE_COMPAT_DIR", "/work/shared/compat"))
+LAYOUTS = sorted(p.stem for p in COMPAT_DIR.glob("*.json"))
+
+
+def load_layout(name: str) -> dict:
+    return json.loads((COMPAT_DIR / f"{name}.json").read_text())
+
+
+def config_for(name: str) -> ml_collections.ConfigDict:
+    """The model config of a layout plus its data/training settings (CIFAR-10 32x32x3, CelebA-HQ 256x256x3)."""
+    layout = load_layout(name)
+    sde = name.split("__")[0]
+    return ml_collections.ConfigDict({
+        "model": dict(layout["model_config"]),
+        "data": {"image_size": 256 if "celebahq" in name else 32, "num_channels": 3, "centered": sde != "ve"},
+        "training": {"continuous": True, "sde": {"vp": "vpsde", "subvp": "subvpsde", "ve": "vesde"}[sde]},
+    })
 
 
 def small_unet(name="ncsnpp", sde="vesde", **model):
@@ -122,9 +144,8 @@ def _twin_models(**model):
     for m in (a, b):
         m.eval()
         with torch.no_grad():  # non-zero output layers so the outputs are informative
-            for p in m.parameters():
-                p.copy_(torch.sin(torch.arange(p.numel(), dtype=p.dtype)).reshape(p.shape) * 0.1) \
-                    if p.requires_grad else None
+            for p in (p for p in m.parameters() if p.requires_grad):
+                p.copy_(torch.sin(torch.arange(p.numel(), dtype=p.dtype)).reshape(p.shape) * 0.1)
     return a, b
 
 
@@ -185,7 +206,9 @@ def test_default_init_bounds():
 @pytest.mark.parametrize("field,value,match", [("progressive", "bogus", "model.progressive"),
                                                ("resblock_type", "wide", "model.resblock_type"),
                                                ("nonlinearity", "tanhh", "model.nonlinearity"),
-                                               ("progressive_combine", "mul", "model.progressive_combine")])
+                                               ("progressive_combine", "mul", "model.progressive_combine"),
+                                               ("normalization", "InstanceNorm", "model.normalization"),
+                                               ("attention_type", "legacy", "model.attention_type")])
 def test_bad_options_raise(field, value, match):
     with pytest.raises(ValueError, match=match):
         get_model(small_unet(**{field: value}))

@@ -256,3 +256,16 @@ def test_bad_options_raise_value_error_naming_valid_ones(name, opts, fragment):
 def test_ode_encode_rejects_bad_solver():
     with pytest.raises(ValueError, match="dopri5"):
         ode_encode(sde_lib.VPSDE(), torch.zeros(2, 2), lambda x, t: x, backend="torchdiffeq", solver="RK45")
+
+
+@pytest.mark.parametrize("solver", ["RK23", "DOP853", "Radau", "BDF", "LSODA"])
+def test_other_scipy_methods_track_gaussian_trajectory(solver):
+    """Implicit methods spend extra score calls on finite-difference Jacobians; NFE counts them all."""
+    sde = sde_lib.VPSDE()
+    x_T = sde.prior_sampling((4, 6), torch.Generator().manual_seed(3), dtype=torch.float64)
+    calls = []
+    score = lambda x, t: (calls.append(1), GAUSS.score_fn(sde)(x, t))[1]
+    x, nfe = sampling.get_sampler("ode", sde, x_T.shape, solver=solver, rtol=1e-6, atol=1e-6,
+                                  dtype=torch.float64)(score, x_T=x_T)
+    assert nfe == len(calls)
+    torch.testing.assert_close(x, pf_closed_form(sde, x_T, sde.T, sde.sampling_eps), rtol=0, atol=1e-4)

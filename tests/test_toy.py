@@ -59,3 +59,20 @@ def test_assign_and_ring():
     assert torch.equal(ring.assign(ring.means), torch.arange(8))
     with pytest.raises(ValueError):
         toy.GaussianMixture(torch.tensor([0.5, 0.6]), torch.zeros(2, 2), torch.eye(2).expand(2, 2, 2))
+
+
+def test_score_fn_is_differentiable_for_the_exact_trace():
+    """The likelihood's exact divergence differentiates score_fn: the oracle must not cut the graph."""
+    from score_sde import sde_lib
+    gmm, sde = toy.ring_mixture(4, 2.0, 0.5), sde_lib.VPSDE()
+    x = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    t = torch.full((3,), 0.3, dtype=torch.float64)
+    (grad,) = torch.autograd.grad(gmm.score_fn(sde)(x, t)[:, 0].sum(), x)
+    m, s = sde.mean_coeff(t), sde.marginal_std(t)
+    h = 1e-6
+    for i in range(3):
+        xp, xm = x.detach().clone(), x.detach().clone()
+        xp[i, 0] += h
+        xm[i, 0] -= h
+        fd = (gmm.score(xp, m, s)[i, 0] - gmm.score(xm, m, s)[i, 0]) / (2 * h)
+        assert float(grad[i, 0]) == pytest.approx(float(fd), rel=1e-5)

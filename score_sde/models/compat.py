@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import pickle
 import sys
 from collections import OrderedDict
 from pathlib import Path
@@ -28,9 +29,25 @@ from typing import Any, Mapping, Union
 import torch
 import torch.nn as nn
 
+from . import layers
+
 _PREFIX = "module."
 _LEAF_ALIASES = {"W": "weight", "b": "bias"}  # original NIN layers name their tensors W, b
 _DERIVED_BUFFERS = ("sigmas",)                # recomputed from the config; optional in a source
+
+# Our block part -> the original's attribute name inside the same block.  Used to pair tensors
+# by name inside one original module (so the order of attributes inside a block may differ).
+_ORIGINAL_PART_NAMES = {
+    layers.ResnetBlock: {"norm1": "GroupNorm_0", "conv1": "Conv_0", "temb_proj": "Dense_0", "norm2": "GroupNorm_1",
+                         "conv2": "Conv_1", "skip": "NIN_0"},
+    layers.BigGANResnetBlock: {"norm1": "GroupNorm_0", "conv1": "Conv_0", "temb_proj": "Dense_0",
+                               "norm2": "GroupNorm_1", "conv2": "Conv_1", "skip": "Conv_2"},
+    layers.AttentionBlock: {"norm": "GroupNorm_0", "query": "NIN_0", "key": "NIN_1", "value": "NIN_2",
+                            "proj_out": "NIN_3"},
+    layers.Combine: {"conv": "Conv"},
+    layers.GaussianFourierProjection: {},
+}
+_UNITS = tuple(_ORIGINAL_PART_NAMES) + (layers.Upsample, layers.Downsample, nn.Linear, nn.Conv2d, nn.GroupNorm)
 
 
 def _leaf(key: str) -> str:
@@ -43,26 +60,86 @@ def strip_prefix(state_dict: Mapping[str, Any], prefix: str = _PREFIX) -> "Order
     return OrderedDict((k[len(prefix):] if k.startswith(prefix) else k, v) for k, v in state_dict.items())
 
 
+def _our_groups(model: nn.Module, with_buffers: bool) -> list[list[tuple[str, str, tuple]]]:
+    """Our tensors grouped like the original's ``all_modules`` entries, in construction order.
+
+    Each group is a list of (our key, the original's local name or None, shape).
+    """
+    groups: list[list[tuple[str, str, tuple]]] = []
+    if with_buffers:
+        groups += [[(name, name, tuple(buf.shape))] for name, buf in model.named_buffers(recurse=False)
+                   if name in _DERIVED_BUFFERS]
+    state = model.state_dict()
+    seen: set[str] = set()
+    for prefix, unit in model.named_modules():
+        if not isinstance(unit, _UNITS) or any(prefix.startswith(p + ".") for p in seen):
+            continue
+        seen.add(prefix)
+        table = _ORIGINAL_PART_NAMES.get(type(unit), None)
+        group = []
+        for local in unit.state_dict():
+            part, leaf = local.rsplit(".", 1) if "." in local else ("", local)
+            original = None
+            if table is not None and (part in table or part == ""):
+                original = (table[part] + "." if part else "") + leaf
+            group.append((f"{prefix}.{local}", original, tuple(state[f"{prefix}.{local}"].shape)))
+        if group:
+            groups.append(group)
+    return groups
+
+
+def _source_groups(source_shapes: "Mapping[str, Any]") -> list[list[tuple[str, str, tuple]]]:
+    """Original entries grouped by their ``all_modules.<i>`` module, in order: (key, local name, shape)."""
+    groups: "OrderedDict[str, list]" = OrderedDict()
+    for key, value in source_shapes.items():
+        parts = key.split(".")
+        head, local = (".".join(parts[:2]), ".".join(parts[2:])) if parts[0] == "all_modules" else (key, key)
+        groups.setdefault(head, []).append((key, local, tuple(getattr(value, "shape", value))))
+    return list(groups.values())
+
+
+def _pair_group(src: list, ours: list) -> list[tuple[tuple, tuple]]:
+    """Pair one original module's tensors with ours: by name when all names agree, else in order."""
+    def canonical(local: str) -> str:
+        part, _, leaf = local.rpartition(".")
+        return f"{part}.{_LEAF_ALIASES.get(leaf, leaf)}"
+
+    by_name = {canonical(entry[1]): entry for entry in src}
+    if len(src) == len(ours) and all(o[1] is not None and canonical(o[1]) in by_name for o in ours):
+        return [(by_name[canonical(o[1])], o) for o in ours]
+    pairs = list(zip(src, ours))
+    if len(src) != len(ours):  # let the caller report the first entry without a partner
+        pairs += [(s, None) for s in src[len(ours):]] + [(None, o) for o in ours[len(src):]]
+    return pairs
+
+
 def key_mapping(source_shapes: "Mapping[str, Any]", model: nn.Module) -> "OrderedDict[str, str]":
-    """Ordered map original key -> our key; ``source_shapes`` maps original keys (in order) to shapes/tensors."""
-    ours = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
-    if not any(k in source_shapes for k in _DERIVED_BUFFERS):
-        ours = [(k, s) for k, s in ours if k not in _DERIVED_BUFFERS]
-    src = [(k, tuple(getattr(v, "shape", v))) for k, v in source_shapes.items()]
+    """Map original key -> our key, in the original order; ``source_shapes`` maps keys to shapes or tensors.
+
+    The original's modules and ours are paired in construction order; inside one module tensors
+    are paired by name (or in order when names differ); shapes and kinds (weight/bias) must agree.
+    """
+    with_buffers = any(k in source_shapes for k in _DERIVED_BUFFERS)
+    src_groups, our_groups = _source_groups(source_shapes), _our_groups(model, with_buffers)
+    n_src, n_ours = sum(map(len, src_groups)), sum(map(len, our_groups))
+    pairs = []
+    for i in range(max(len(src_groups), len(our_groups))):
+        src = src_groups[i] if i < len(src_groups) else []
+        ours = our_groups[i] if i < len(our_groups) else []
+        pairs += _pair_group(src, ours)
     mapping: "OrderedDict[str, str]" = OrderedDict()
-    for i in range(max(len(src), len(ours))):
-        if i >= len(src):
-            raise ValueError(f"checkpoint is missing an entry for our {ours[i][0]} {list(ours[i][1])} "
-                             f"(it has {len(src)} entries, the model needs {len(ours)}); wrong config?")
-        if i >= len(ours):
-            raise ValueError(f"unexpected checkpoint entry {src[i][0]} {list(src[i][1])} (the model has only "
-                             f"{len(ours)} entries); wrong config?")
-        (sk, ss), (ok, os_) = src[i], ours[i]
-        if ss != os_ or _leaf(sk) != _leaf(ok):
-            raise ValueError(f"checkpoint entry {sk} has shape {list(ss)} but our {ok} has shape {list(os_)}; "
-                             "the config does not match the checkpoint")
-        mapping[sk] = ok
-    return mapping
+    for s, o in pairs:
+        if s is None:
+            raise ValueError(f"checkpoint is missing an entry for our {o[0]} {list(o[2])} (it has {n_src} "
+                             f"entries, the model needs {n_ours}); wrong config?")
+        if o is None:
+            raise ValueError(f"unexpected checkpoint entry {s[0]} {list(s[2])} (the model has only {n_ours} "
+                             "entries); wrong config?")
+        if s[2] != o[2] or _leaf(s[0]) != _leaf(o[0]):
+            raise ValueError(f"checkpoint entry {s[0]} has shape {list(s[2])} but our {o[0]} has shape "
+                             f"{list(o[2])}; the config does not match the checkpoint")
+        mapping[s[0]] = o[0]
+    return OrderedDict((k, mapping[k]) for k in source_shapes)
 
 
 def _load_source(path_or_dict: Union[str, os.PathLike, Mapping[str, Any]]) -> Mapping[str, Any]:
@@ -73,7 +150,7 @@ def _load_source(path_or_dict: Union[str, os.PathLike, Mapping[str, Any]]) -> Ma
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a corrupt file or one that needs pickled code
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:  # corrupt, or needs pickled code
         raise ValueError(f"cannot read {path} as a weights-only torch checkpoint: {err}") from None
 
 
@@ -87,29 +164,33 @@ def convert_state(source: Mapping[str, Any], model: nn.Module) -> dict:
         raise ValueError("not a score_sde_pytorch checkpoint: no 'model' entry (expected keys model, ema, step)")
     src_model = strip_prefix(source["model"])
     mapping = key_mapping(src_model, model)
-    ours = OrderedDict((ok, src_model[sk].detach().clone()) for sk, ok in mapping.items())
-    for name, value in model.state_dict().items():   # derived buffers the source did not carry
+    reference = model.state_dict()
+    ours = {ok: src_model[sk].detach().to("cpu", reference[ok].dtype).clone() for sk, ok in mapping.items()}
+    for name, value in reference.items():   # derived buffers the source did not carry
         ours.setdefault(name, value.detach().cpu().clone())
-    ours = OrderedDict((k, ours[k]) for k in model.state_dict())
-    out = {"model": ours, "step": int(source.get("step", 0))}
+    out = {"model": OrderedDict((k, ours[k]) for k in reference), "step": int(source.get("step", 0))}
     if "ema" in source:
-        out["ema"] = convert_ema(source["ema"], model)
+        out["ema"] = convert_ema(source["ema"], model, mapping)
     return out
 
 
-def convert_ema(ema: Mapping[str, Any], model: nn.Module) -> dict:
-    """Check the original EMA against our trainable parameters (same order) and copy it."""
+def convert_ema(ema: Mapping[str, Any], model: nn.Module, mapping: "Mapping[str, str]") -> dict:
+    """Reorder the original EMA (original trainable-parameter order) into our trainable-parameter order."""
     shadow = list(ema.get("shadow_params", []))
-    trainable = _trainable(model)
-    if len(shadow) != len(trainable):
-        raise ValueError(f"EMA has {len(shadow)} shadow parameters but the model has {len(trainable)} trainable "
+    trainable = OrderedDict(_trainable(model))
+    src_trainable = [sk for sk, ok in mapping.items() if ok in trainable]
+    if len(shadow) != len(src_trainable):
+        raise ValueError(f"EMA has {len(shadow)} shadow parameters but the model has {len(src_trainable)} trainable "
                          "parameters; the config does not match the checkpoint")
-    for i, ((name, p), s) in enumerate(zip(trainable, shadow)):
-        if tuple(s.shape) != tuple(p.shape):
-            raise ValueError(f"EMA shadow_params[{i}] has shape {list(s.shape)} but our {name} has shape "
-                             f"{list(p.shape)}; the config does not match the checkpoint")
+    by_ours = {}
+    for i, (sk, s) in enumerate(zip(src_trainable, shadow)):
+        ok = mapping[sk]
+        if tuple(s.shape) != tuple(trainable[ok].shape):
+            raise ValueError(f"EMA shadow_params[{i}] has shape {list(s.shape)} but our {ok} (original {sk}) has "
+                             f"shape {list(trainable[ok].shape)}; the config does not match the checkpoint")
+        by_ours[ok] = s.detach().to("cpu", trainable[ok].dtype).clone()
     return {"decay": float(ema.get("decay", 0.999)), "num_updates": int(ema.get("num_updates") or 0),
-            "shadow_params": [s.detach().clone() for s in shadow]}
+            "shadow_params": [by_ours[name] for name in trainable]}
 
 
 def apply_ema(state_dict: Mapping[str, torch.Tensor], ema: Mapping[str, Any], model: nn.Module) -> "OrderedDict":
@@ -137,21 +218,18 @@ def load_score_sde_pytorch(path_or_dict, model: nn.Module, which: str = "ema") -
     return converted
 
 
-def to_score_sde_pytorch(ours: Mapping[str, Any], model: nn.Module, original_keys: list[str]) -> dict:
-    """Our checkpoint dict -> the original layout, given the original key list in order (e.g. from the compat JSON)."""
+def to_score_sde_pytorch(ours: Mapping[str, Any], model: nn.Module,
+                         original_layout: "Mapping[str, Any]") -> dict:
+    """Our checkpoint dict -> the original layout; ``original_layout`` maps the original keys, in order,
+    to their shapes (e.g. the compat JSON's state_dict entries)."""
+    mapping = key_mapping(OrderedDict(original_layout), model)
     state = ours["model"]
-    our_keys = list(state)
-    if not any(k in original_keys for k in _DERIVED_BUFFERS):
-        our_keys = [k for k in our_keys if k not in _DERIVED_BUFFERS]
-    if len(our_keys) != len(original_keys):
-        raise ValueError(f"{len(original_keys)} original keys given for {len(our_keys)} entries of ours")
-    shapes = OrderedDict((sk, tuple(state[ok].shape)) for sk, ok in zip(original_keys, our_keys))
-    mapping = key_mapping(shapes, model)  # checks counts, shapes against the model, and tensor kinds
     out = {"model": OrderedDict((_PREFIX + sk, state[ok]) for sk, ok in mapping.items()),
            "step": int(ours.get("step", 0))}
     if "ema" in ours:
+        by_ours = dict(zip([n for n, _ in _trainable(model)], ours["ema"]["shadow_params"]))
         out["ema"] = {"decay": ours["ema"]["decay"], "num_updates": ours["ema"]["num_updates"],
-                      "shadow_params": list(ours["ema"]["shadow_params"])}
+                      "shadow_params": [by_ours[ok] for ok in mapping.values() if ok in by_ours]}
     return out
 
 

@@ -8,12 +8,13 @@ score_sde_pytorch's ``ddpm`` model (vp/ddpm/cifar10: 35,218,947 parameters).
 from __future__ import annotations
 
 from . import layers, register_model
-from .ncsnpp import UNet, UNetOptions, get_sigmas
+from .ncsnpp import UNet, UNetOptions, check_fixed_choices, get_sigmas
 
 
 def ddpm_options(config) -> UNetOptions:
     """The DDPM options read from ``config.model`` / ``config.data`` (see docs_models.md)."""
     m, d = config.model, config.data
+    check_fixed_choices(m)
     return UNetOptions(
         image_size=d.image_size, channels=d.num_channels, nf=m.nf, ch_mult=tuple(m.ch_mult),
         num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,

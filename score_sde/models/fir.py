@@ -83,8 +83,9 @@ def naive_upsample_2d(x: torch.Tensor, factor: int = 2) -> torch.Tensor:
 
 
 def naive_downsample_2d(x: torch.Tensor, factor: int = 2) -> torch.Tensor:
-    """Average pooling over factor x factor blocks."""
-    return F.avg_pool2d(x, factor, stride=factor)
+    """Average over factor x factor blocks (a mean over block axes; same rounding as score_sde_pytorch)."""
+    n, c, h, w = x.shape
+    return x.reshape(n, c, h // factor, factor, w // factor, factor).mean(dim=(3, 5))
 
 
 class FIRConv2d(nn.Module):

@@ -129,7 +129,7 @@ class GaussianFourierProjection(nn.Module):
 
 
 # ----------------------------------------------------------------------------- blocks
-def _merge(x: torch.Tensor, h: torch.Tensor, skip_rescale: bool) -> torch.Tensor:
+def residual_sum(x: torch.Tensor, h: torch.Tensor, skip_rescale: bool) -> torch.Tensor:
     """Residual sum, divided by sqrt(2) with skip_rescale (keeps the variance, Appendix H)."""
     return (x + h) / math.sqrt(2.0) if skip_rescale else x + h
 
@@ -154,7 +154,7 @@ class AttentionBlock(nn.Module):
         w = torch.einsum("bchw,bcij->bhwij", q, k) * (c ** -0.5)
         w = F.softmax(w.reshape(b, hgt, wid, hgt * wid), dim=-1).reshape(b, hgt, wid, hgt, wid)
         h = self.proj_out(torch.einsum("bhwij,bcij->bchw", w, v))
-        return _merge(x, h, self.skip_rescale)
+        return residual_sum(x, h, self.skip_rescale)
 
 
 class ResnetBlock(nn.Module):
@@ -181,7 +181,7 @@ class ResnetBlock(nn.Module):
         h = self.conv2(self.dropout(self.act(self.norm2(h))))
         if self.skip is not None:
             x = self.skip(x)
-        return _merge(x, h, self.skip_rescale)
+        return residual_sum(x, h, self.skip_rescale)
 
 
 class BigGANResnetBlock(nn.Module):
@@ -219,7 +219,7 @@ class BigGANResnetBlock(nn.Module):
         h = self.conv2(self.dropout(self.act(self.norm2(h))))
         if self.skip is not None:
             x = self.skip(x)
-        return _merge(x, h, self.skip_rescale)
+        return residual_sum(x, h, self.skip_rescale)
 
 
 class Upsample(nn.Module):
@@ -233,7 +233,7 @@ class Upsample(nn.Module):
         if with_conv and fir_kernel is None:
             self.conv = conv3x3(in_ch, out_ch)
         elif with_conv:
-            self.conv = FIRConvInit(in_ch, out_ch, up=True, fir_kernel=fir_kernel)
+            self.conv = fir_conv3x3(in_ch, out_ch, up=True, fir_kernel=fir_kernel)
         if not with_conv and out_ch != in_ch:
             raise ValueError("Upsample without a convolution cannot change the channel count")
         self.fir_kernel = tuple(fir_kernel) if fir_kernel is not None else None
@@ -257,7 +257,7 @@ class Downsample(nn.Module):
         if with_conv and fir_kernel is None:
             self.conv = conv3x3(in_ch, out_ch, stride=2, padding=0)
         elif with_conv:
-            self.conv = FIRConvInit(in_ch, out_ch, down=True, fir_kernel=fir_kernel)
+            self.conv = fir_conv3x3(in_ch, out_ch, down=True, fir_kernel=fir_kernel)
         if not with_conv and out_ch != in_ch:
             raise ValueError("Downsample without a convolution cannot change the channel count")
         self.fir_kernel = tuple(fir_kernel) if fir_kernel is not None else None
@@ -270,7 +270,7 @@ class Downsample(nn.Module):
         return self.conv(x) if self.conv is not None else fir.downsample_2d(x, self.fir_kernel)
 
 
-def FIRConvInit(in_ch: int, out_ch: int, up: bool = False, down: bool = False,
+def fir_conv3x3(in_ch: int, out_ch: int, up: bool = False, down: bool = False,
                 fir_kernel: Sequence[float] = (1, 3, 3, 1)) -> fir.FIRConv2d:
     """A FIR-resampling 3x3 conv with DDPM init (weight default_init, bias zero)."""
     conv = fir.FIRConv2d(in_ch, out_ch, 3, up=up, down=down, fir_kernel=fir_kernel)

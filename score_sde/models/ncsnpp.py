@@ -257,7 +257,7 @@ class UNet(nn.Module):
                 pyramid = level.pyramid_down(pyramid)
                 h = level.combine(pyramid, h)
             elif self.progressive_input == "residual":
-                pyramid = layers._merge(level.pyramid_down(pyramid), h, o.skip_rescale)
+                pyramid = layers.residual_sum(level.pyramid_down(pyramid), h, o.skip_rescale)
                 h = pyramid
             hs.append(h)
 
@@ -289,16 +289,27 @@ class UNet(nn.Module):
             if level.pyramid_upsample is None:  # the lowest resolution starts the pyramid
                 pyramid = level.pyramid_conv(self.act(level.pyramid_norm(h)))
             else:
-                pyramid = layers._merge(level.pyramid_upsample(pyramid), h, self.opts.skip_rescale)
+                pyramid = layers.residual_sum(level.pyramid_upsample(pyramid), h, self.opts.skip_rescale)
                 h = pyramid
         return h, pyramid
+
+
+def check_fixed_choices(model_config) -> None:
+    """Fields of the published configs that name the only choice implemented here."""
+    fixed = {"attention_type": "ddpm", "normalization": "groupnorm", "conv_size": 3}
+    for name, only in fixed.items():
+        value = model_config.get(name, only)
+        if (value.lower() if isinstance(value, str) else value) != only:
+            raise ValueError(f"model.{name}={value!r} is not supported; the only choice is {only!r}")
 
 
 def options_from_config(config) -> UNetOptions:
     """The NCSN++ options read from ``config.model`` / ``config.data`` (see docs_models.md)."""
     m, d = config.model, config.data
+    check_fixed_choices(m)
     embedding = m.embedding_type.lower()
-    if embedding == "fourier" and not config.training.get("continuous", True):
+    training = config.get("training", None) or {}
+    if embedding == "fourier" and not training.get("continuous", True):
         raise ValueError("model.embedding_type='fourier' needs continuous noise labels: set training.continuous=True "
                          "or use embedding_type='positional'")
     return UNetOptions(

@@ -30,7 +30,7 @@ def ald_sampler(sde, shape: Sequence[int], *, step_size: float = 2e-4, n_steps_e
     levels = algebra.level_sequence(sde.N, algebra.resolve_steps(sde, steps), "uniform")
     times = algebra.level_times(sde, algebra.resolve_eps(sde, eps))[levels]
     ms, ss = algebra.level_coeffs(sde, levels)
-    sigma_min = ss[-2] / ms[-2]  # level 0 is always the last level of the sequence
+    sigma_min = ss[-2] / ms[-2]  # the lowest level walked: level 0 (unless steps == 1)
 
     def sampler(score_fn, generator: Optional[torch.Generator] = None, x_T: Optional[torch.Tensor] = None,
                 callback=None):
