@@ -23,7 +23,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     training.snapshot_freq = 50000
     training.snapshot_freq_for_preemption = 10000
     training.snapshot_sampling = True
-    training.precision = "fp32"  # "fp32" | "bf16" (autocast on CUDA)
+    training.precision = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU) | "fp32" | "bf16"
     training.compile = False
     training.channels_last = False
 

@@ -4,9 +4,10 @@ torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them everything runs as a
 """
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -39,6 +40,17 @@ def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def collective_timeout() -> datetime.timedelta:
+    """How long a collective may wait for the slowest rank: SCORE_SDE_DIST_TIMEOUT_MIN minutes (default 60).
+
+    Rank 0 alone writes checkpoints and draws snapshot samples while the others wait in a barrier;
+    NCCL's 10-minute default would abort long snapshot sampling of large models."""
+    minutes = float(os.environ.get("SCORE_SDE_DIST_TIMEOUT_MIN", "60"))
+    if minutes <= 0:
+        raise ValueError(f"SCORE_SDE_DIST_TIMEOUT_MIN={minutes} must be a positive number of minutes")
+    return datetime.timedelta(minutes=minutes)
+
+
 def setup(preference: str = "auto") -> DistInfo:
     """Join the torchrun process group if launched under torchrun; otherwise a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -47,7 +59,7 @@ def setup(preference: str = "auto") -> DistInfo:
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=collective_timeout())
     return DistInfo(rank, world, local_rank, device)
 
 
@@ -57,8 +69,12 @@ def cleanup() -> None:
 
 
 def barrier(info: DistInfo) -> None:
+    """Wait for every rank; NCCL is told this rank's GPU (otherwise it guesses one, which can hang)."""
     if info.distributed:
-        dist.barrier()
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[info.device.index])
+        else:
+            dist.barrier()
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -78,16 +94,51 @@ def shard_indices(n: int, info: DistInfo) -> range:
 
 
 def all_gather_cat(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Concatenate tensors whose first dimension may differ across ranks, in rank order."""
+    """Concatenate tensors whose first dimension may differ across ranks, in rank order, on every rank.
+
+    A rank with nothing to contribute may pass any 0-row tensor (e.g. ``torch.empty(0)``): the trailing
+    shape and dtype are taken from the ranks that have rows. With NCCL the exchange goes through the
+    rank's CUDA device; the result comes back on ``x``'s device. Call it after the per-rank loops,
+    never inside one: every rank must reach it exactly once per call site.
+    """
     if not info.distributed:
         return x
-    sizes: List[Any] = [None] * info.world_size
-    dist.all_gather_object(sizes, int(x.shape[0]))
-    padded = torch.zeros((max(sizes), *x.shape[1:]), dtype=x.dtype, device=x.device)
-    padded[: x.shape[0]] = x
+    meta: List[Any] = [None] * info.world_size
+    dist.all_gather_object(meta, (int(x.shape[0]), tuple(x.shape[1:]), str(x.dtype).split(".")[-1]))
+    filled = [m for m in meta if m[0] > 0]
+    if not filled:
+        return x
+    tail, dtype = filled[0][1], getattr(torch, filled[0][2])
+    if any(m[1] != tail or m[2] != filled[0][2] for m in filled):
+        raise ValueError(f"all_gather_cat: ranks hold rows of different shapes/dtypes {meta}; "
+                         "every rank must produce items of one shape and dtype")
+    comm = info.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    sizes = [m[0] for m in meta]
+    padded = torch.zeros((max(sizes), *tail), dtype=dtype, device=comm)
+    if x.shape[0] > 0:
+        padded[: x.shape[0]] = x.to(comm, dtype)
     out = [torch.empty_like(padded) for _ in range(info.world_size)]
     dist.all_gather(out, padded)
-    return torch.cat([o[:s] for o, s in zip(out, sizes)], dim=0)
+    return torch.cat([o[:s] for o, s in zip(out, sizes)], dim=0).to(x.device)
+
+
+def gather_over_shards(fn: Callable[[range], torch.Tensor], n: int, batch_size: int,
+                       info: DistInfo) -> torch.Tensor:
+    """Results of ``fn`` for items ``range(n)``, split across ranks, in item order, on every rank.
+
+    This rank calls ``fn(indices)`` on its contiguous share (``shard_indices``) in batches of at most
+    ``batch_size``; ``fn`` returns one row per index. No collective runs inside the loop, so ranks
+    may take different numbers of batches or solver steps (adaptive ODE solvers do); the results
+    are exchanged once, after every rank has finished its loop.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    shard = shard_indices(int(n), info)
+    rows = [fn(shard[i:i + batch_size]) for i in range(0, len(shard), batch_size)]
+    local = torch.cat(rows) if rows else torch.empty(0)
+    if rows and local.shape[0] != len(shard):
+        raise ValueError(f"fn returned {local.shape[0]} rows for {len(shard)} indices; return one row per index")
+    return all_gather_cat(local, info)
 
 
 def all_reduce_sum(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
@@ -117,4 +168,174 @@ def wrap_model(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
     if not info.distributed:
         return model
     device_ids = [info.device.index] if info.device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    if hasattr(model, "prediction"):
+        ddp.prediction = model.prediction  # score functions read what the network predicts
+    return ddp
+
+
+# ----------------------------------------------------------------------------- training under torchrun
+# Randomness of training is keyed, not carried: every draw is seeded from (config.seed, what, when, who).
+# Data order and augmentation depend only on (seed, global position in the data stream), so they are
+# the same for any number of processes K; the loss noise (t, z) and dropout of a step depend on
+# (seed, step, rank). A run resumed from step s therefore reproduces the uninterrupted run without
+# restoring any RNG state, and a run resumed with another K continues the same data stream.
+_MASK64 = (1 << 64) - 1
+STREAM_NOISE, STREAM_EPOCH, STREAM_ITEM = 1, 2, 3
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def keyed_seed(seed: int, *keys: int) -> int:
+    """A 63-bit seed mixed from the run seed and integer keys (splitmix64 chain); distinct keys -> unrelated seeds."""
+    h = _splitmix64(int(seed) & _MASK64)
+    for k in keys:
+        h = _splitmix64(h ^ (int(k) & _MASK64))
+    return h >> 1
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """Seed of the loss noise (t, z) and dropout that rank `rank` draws at optimizer step `step`."""
+    return keyed_seed(seed, STREAM_NOISE, step, rank)
+
+
+def seed_step(seed: int, step: int, info: DistInfo) -> None:
+    """Seed torch's global generators (CPU and CUDA) for this rank's draws at `step`."""
+    torch.manual_seed(step_seed(seed, step, info.rank))
+
+
+def local_batch_size(global_batch: int, info: DistInfo) -> int:
+    """Per-rank batch of a GLOBAL batch size; an error unless it divides evenly."""
+    global_batch = int(global_batch)
+    if global_batch < 1:
+        raise ValueError(f"training.batch_size must be a positive integer, got {global_batch}")
+    if global_batch % info.world_size:
+        raise ValueError(f"training.batch_size={global_batch} is the GLOBAL batch and must be divisible by the "
+                         f"number of processes ({info.world_size}); use a multiple of {info.world_size} "
+                         f"or launch a different --nproc_per_node/--nnodes")
+    return global_batch // info.world_size
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Batch sampler (for ``DataLoader(batch_sampler=...)``): this rank's items of every optimizer step.
+
+    The data stream is the concatenation of per-epoch permutations of range(n), epoch e shuffled with
+    ``keyed_seed(seed, STREAM_EPOCH, e)``. Step s takes stream positions [s*B, (s+1)*B) (B = global
+    batch, epochs run into each other, nothing is dropped) and rank r the contiguous r-th block of B/K
+    of them. Yields lists of ``(position, index)`` keys for ``KeyedItems``; starting at ``start_step``
+    needs no saved state, so resuming at any step with any K continues the same stream.
+    """
+
+    def __init__(self, n_items: int, global_batch: int, seed: int, info: DistInfo, start_step: int = 0,
+                 num_steps: Optional[int] = None):
+        if n_items < 1:
+            raise ValueError("the training set is empty; check config.data (dataset, root, num_train)")
+        self.n, self.global_batch, self.seed = int(n_items), int(global_batch), int(seed)
+        self.local = local_batch_size(global_batch, info)
+        self.offset = info.rank * self.local
+        self.start_step, self.num_steps = int(start_step), num_steps
+        self._perms: dict = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(keyed_seed(self.seed, STREAM_EPOCH, epoch))
+            self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
+            self._perms[epoch] = torch.randperm(self.n, generator=g)
+        return self._perms[epoch]
+
+    def keys(self, step: int) -> List[tuple]:
+        """(stream position, item index) pairs of this rank at optimizer step `step`."""
+        first = step * self.global_batch + self.offset
+        return [(p, int(self._perm(p // self.n)[p % self.n])) for p in range(first, first + self.local)]
+
+    def __iter__(self):
+        step = self.start_step
+        while self.num_steps is None or step < self.start_step + self.num_steps:
+            yield self.keys(step)
+            step += 1
+
+    def __len__(self) -> int:
+        if self.num_steps is None:
+            raise TypeError("StepBatches is endless; pass num_steps for a finite length")
+        return int(self.num_steps)
+
+
+class KeyedItems(torch.utils.data.Dataset):
+    """Wraps a data set so that item randomness (dequantization noise, flips) is keyed by stream position.
+
+    ``items[(position, index)]`` seeds torch's CPU generator from (seed, position) and returns
+    ``dataset[index]``: the same item gets the same augmentation whichever rank, DataLoader worker or
+    process count loads it. (It reseeds the CPU generator of the loading process; ``seed_step`` runs
+    after loading, before the loss draws its noise.)
+    """
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed = dataset, int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        position, index = key
+        torch.default_generator.manual_seed(keyed_seed(self.seed, STREAM_ITEM, position))
+        return self.dataset[index]
+
+
+def all_reduce_mean(values: dict, info: DistInfo) -> dict:
+    """Mean over ranks of a dict of floats (for logging); one collective, every rank must call it."""
+    if not info.distributed or not values:
+        return dict(values)
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64,
+                     device=info.device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t)
+    return {k: float(v) / info.world_size for k, v in zip(keys, t.tolist())}
+
+
+# ----------------------------------------------------------------------------- precision / compile / layout
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> 'bf16' on a CUDA device that supports it, else 'fp32'. 'bf16' off CUDA runs as 'fp32'
+    (CPU bf16 autocast is slower than fp32 on most x86 CPUs and not what the targets were set for)."""
+    precision = str(precision).lower()
+    if precision not in PRECISIONS:
+        raise ValueError(f"training.precision={precision!r}; choose one of {PRECISIONS}")
+    on_cuda = device.type == "cuda" and torch.cuda.is_available()
+    bf16_ok = on_cuda and torch.cuda.is_bf16_supported()
+    if precision == "bf16" and on_cuda and not bf16_ok:
+        raise ValueError(f"training.precision='bf16' but {torch.cuda.get_device_name(device)} does not support "
+                         "bfloat16; use 'fp32' or 'auto'")
+    if precision == "auto":
+        return "bf16" if bf16_ok else "fp32"
+    return precision if on_cuda else "fp32"
+
+
+def use_channels_last(config_value: Any, image_data: bool) -> bool:
+    """training.channels_last (True/False) for image batches; 1-D data ignores it."""
+    if not isinstance(config_value, bool):
+        raise ValueError(f"training.channels_last must be True or False, got {config_value!r}")
+    return config_value and image_data
+
+
+def to_memory_format(batch: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """The batch in channels-last layout when asked (4-D image batches only)."""
+    if channels_last and batch.dim() == 4:
+        return batch.contiguous(memory_format=torch.channels_last)
+    return batch
+
+
+def wrap_for_training(model: torch.nn.Module, info: DistInfo, compile: bool = False) -> torch.nn.Module:
+    """DDP (K > 1), then torch.compile when asked. Checkpoints always use ``unwrap(wrapped)``."""
+    wrapped = wrap_model(model, info)
+    if compile:
+        if not hasattr(torch, "compile"):
+            raise ValueError("training.compile=True needs torch >= 2.0; set training.compile=False")
+        wrapped = torch.compile(wrapped)
+    return wrapped

@@ -192,11 +192,12 @@ def eval_loss(ctx: _Context) -> Dict[str, float]:
     """Mean DSM loss of the EMA weights over the whole eval split (losses.get_step_fn(train=False))."""
     cfg, info = ctx.config, ctx.info
     tr = cfg.training
+    precision = distributed.resolve_precision(str(_get(tr, "precision", "auto")), info.device)  # auto: bf16 on CUDA
     step_fn = losses.get_step_fn(ctx.sde, train=False, kind=builders.loss_kind(cfg),
                                  continuous=bool(_get(tr, "continuous", True)),
                                  reduce_mean=bool(_get(tr, "reduce_mean", False)),
                                  likelihood_weighting=bool(_get(tr, "likelihood_weighting", False)),
-                                 prediction=builders.prediction(cfg), precision=str(_get(tr, "precision", "fp32")))
+                                 prediction=builders.prediction(cfg), precision=precision)
     ds, scaler = _split(cfg, "test"), datasets.get_data_scaler(cfg)
     torch.manual_seed(distributed.rank_seed(ctx.seed, info.rank))
     total = torch.zeros(2, dtype=torch.float64)

@@ -5,10 +5,12 @@ Outputs under workdir: checkpoints/checkpoint_<step>.pth every training.snapshot
 last step), checkpoints-meta/checkpoint.pth every training.snapshot_freq_for_preemption,
 tensorboard/ (loss, lr, grad_norm, eval loss, sample grids) and samples/iter_<step>/.
 
-Repeatable by construction: the batch of step s is a pure function of (seed, s) (see StepBatchSampler),
-every other random draw comes from the global torch RNG whose state is saved in each checkpoint, and
-evaluation/sampling run inside a forked RNG. A run killed at any point and restarted resumes from the
-newest checkpoint and ends with the same parameters as an uninterrupted run.
+Repeatable by construction, for any number of processes K (score_sde.distributed): the data stream
+and each item's augmentation are pure functions of (seed, stream position), shared by all K; the loss
+noise (t, z) and dropout of step s on rank r come from a generator seeded with (seed, s, r);
+evaluation/sampling run inside a forked RNG. No RNG state has to be restored: a run killed at any
+point and restarted with the same K ends with the same parameters as an uninterrupted run, and a run
+restarted with another K continues the same data stream (its noise draws are those of the new K).
 """
 from __future__ import annotations
 
@@ -17,16 +19,15 @@ import logging
 import os
 import random
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from . import builders, checkpoint, datasets, distributed, images, losses
 
 log = logging.getLogger(__name__)
-PRECISIONS = ("fp32", "bf16")
 SNAPSHOT_IMAGES = 64   # images drawn for the snapshot grid
 SNAPSHOT_POINTS = 1000  # points drawn for a 2-D scatter snapshot
 
@@ -63,9 +64,11 @@ def read_settings(config: Any) -> TrainSettings:
     for key in ("reduce_mean", "likelihood_weighting"):
         if not isinstance(tr[key], bool):
             raise ValueError(f"config.training.{key} must be True or False, got {tr[key]!r}")
-    precision = str(tr.precision)
-    if precision not in PRECISIONS:
-        raise ValueError(f"config.training.precision={precision!r}; choose one of {PRECISIONS}")
+    precision = str(tr.precision).lower()
+    if precision not in distributed.PRECISIONS:
+        raise ValueError(f"config.training.precision={precision!r}; choose one of {distributed.PRECISIONS}")
+    if not isinstance(tr.compile, bool):
+        raise ValueError(f"config.training.compile must be True or False, got {tr.compile!r}")
     settings = TrainSettings(
         batch_size=_positive_int("training.batch_size", tr.batch_size),
         n_iters=_positive_int("training.n_iters", tr.n_iters),
@@ -75,7 +78,7 @@ def read_settings(config: Any) -> TrainSettings:
         snapshot_freq_for_preemption=_positive_int("training.snapshot_freq_for_preemption",
                                                    tr.snapshot_freq_for_preemption),
         snapshot_sampling=bool(tr.snapshot_sampling), precision=precision, compile=bool(tr.compile),
-        channels_last=bool(tr.channels_last), seed=int(config.seed))
+        channels_last=tr.channels_last, seed=int(config.seed))
     if settings.snapshot_sampling:  # fail now, not at the first snapshot, on a bad sampler setting
         from .evaluation import sampler_settings
         sampler_settings(config, builders.sde_from_config(config))
@@ -86,63 +89,12 @@ def read_settings(config: Any) -> TrainSettings:
     return settings
 
 
-def per_rank_batch(global_batch: int, world_size: int) -> int:
-    """training.batch_size is global: each of the world_size processes takes an equal share."""
-    if global_batch % world_size:
-        raise ValueError(f"training.batch_size={global_batch} is not divisible by the {world_size} processes; "
-                         f"use a multiple of {world_size}")
-    return global_batch // world_size
-
-
-# ----------------------------------------------------------------------------------------------
-# Data: the batch of every step is a pure function of (seed, step)
-# ----------------------------------------------------------------------------------------------
-class StepBatchSampler(Sampler[List[int]]):
-    """Infinite batches: the data visited epoch after epoch, epoch e in the order randperm(seed, e).
-
-    Global batch s covers positions [s B, (s+1) B) of that endless stream; each rank takes its
-    contiguous share. Starting at `start_step` reproduces exactly the batches an uninterrupted run
-    sees from there (the role DistributedSampler.set_epoch plays, made resumable mid-epoch)."""
-
-    def __init__(self, n: int, global_batch: int, seed: int, start_step: int = 0, rank: int = 0,
-                 world_size: int = 1):
-        if n < 1:
-            raise ValueError("the training set is empty; check config.data")
-        self.n, self.global_batch, self.seed = n, global_batch, seed
-        self.start_step, self.rank, self.world = start_step, rank, world_size
-        self._perm_epoch, self._perm = -1, None
-
-    def _order(self, epoch: int) -> torch.Tensor:
-        if epoch != self._perm_epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm, self._perm_epoch = torch.randperm(self.n, generator=g), epoch
-        return self._perm
-
-    def batch_indices(self, step: int) -> List[int]:
-        share = self.global_batch // self.world
-        start = step * self.global_batch + self.rank * share
-        out = []
-        for pos in range(start, start + share):
-            out.append(int(self._order(pos // self.n)[pos % self.n]))
-        return out
-
-    def __iter__(self) -> Iterator[List[int]]:
-        step = self.start_step
-        while True:
-            yield self.batch_indices(step)
-            step += 1
-
-    def __len__(self) -> int:  # DataLoader asks; the stream is endless
-        raise TypeError("StepBatchSampler is infinite")
-
-
 def batch_iterator(ds: Dataset, global_batch: int, seed: int, start_step: int,
                    info: distributed.DistInfo) -> Iterator[torch.Tensor]:
-    """Endless iterator of this rank's batches from `start_step` on (items fetched in this process,
-    so their random dequantization/flips follow the checkpointed global RNG)."""
-    sampler = StepBatchSampler(len(ds), global_batch, seed, start_step, info.rank, info.world_size)
-    with torch.random.fork_rng(devices=[]):  # creating a DataLoader iterator draws a seed from the global RNG
-        return iter(DataLoader(ds, batch_sampler=sampler, num_workers=0))
+    """Endless iterator of this rank's batches from `start_step` on: its block of every global batch of
+    the K-invariant data stream (distributed.StepBatches), items augmented by stream position."""
+    sampler = distributed.StepBatches(len(ds), global_batch, seed, info, start_step)
+    return iter(DataLoader(distributed.KeyedItems(ds, seed), batch_sampler=sampler, num_workers=0))
 
 
 def eval_batch(ds: Dataset, batch: int, seed: int, step: int) -> torch.Tensor:
@@ -168,42 +120,28 @@ def _config_json(config: Any) -> str:
         return json.dumps(str(config))
 
 
-def _gather_rng(info: distributed.DistInfo) -> List[Dict[str, Any]]:
-    """Every rank's RNG state, in rank order (all ranks must call)."""
-    own = checkpoint.capture_rng_state()
-    if not info.distributed:
-        return [own]
-    out: List[Any] = [None] * info.world_size
-    torch.distributed.all_gather_object(out, own)
-    return out
-
-
 def save(state: Dict[str, Any], config: Any, path: str, info: distributed.DistInfo) -> None:
-    """Checkpoint (model, EMA, optimizer, step, every rank's RNG, config) written atomically by rank 0."""
-    rngs = _gather_rng(info)
+    """Checkpoint (model, EMA, optimizer, step, rank 0's RNG, config) written atomically by rank 0.
+
+    The weights are the plain module's (distributed.unwrap: no DDP/compile prefixes) in fp32 (autocast
+    never changes parameter dtypes). The RNG is informational: training draws are keyed by step."""
     if info.is_main:
         ckpt = builders.state_dict_for_checkpoint(state)
-        ckpt.update(rng=rngs[0], config=_config_json(config))
-        if info.distributed:
-            ckpt["rng_ranks"] = rngs
+        ckpt.update(rng=checkpoint.capture_rng_state(), config=_config_json(config))
         checkpoint.save_checkpoint(path, ckpt)
     distributed.barrier(info)
 
 
 def resume(state: Dict[str, Any], workdir: str, info: distributed.DistInfo) -> Optional[str]:
-    """Load the newest checkpoint (numbered or preemption) into state, RNG included; its path or None."""
+    """Load the newest checkpoint (numbered or preemption) into state; its path or None.
+
+    Works for any number of processes: the weights, EMA, optimizer and step are global, and every
+    random draw after step s is keyed by (seed, s, rank), so nothing per-rank is restored."""
     path = checkpoint.latest_checkpoint(workdir)
     if path is None:
         return None
     ckpt = checkpoint.load_checkpoint(path, map_location=info.device)
     builders.load_state(state, ckpt)
-    ranks = ckpt.get("rng_ranks")
-    if ranks is not None and len(ranks) == info.world_size:
-        checkpoint.restore_rng_state(ranks[info.rank])
-    elif "rng" in ckpt and not info.distributed:
-        checkpoint.restore_rng_state(ckpt["rng"])
-    else:  # another world size: the run continues, but is not bitwise that of an uninterrupted one
-        torch.manual_seed(distributed.rank_seed(int(ckpt["step"]), info.rank))
     return path
 
 
@@ -304,7 +242,7 @@ def train(config: Any, workdir: str) -> Dict[str, Any]:
 
 
 def _train(config: Any, workdir: str, s: TrainSettings, info: distributed.DistInfo) -> Dict[str, Any]:
-    local_batch = per_rank_batch(s.batch_size, info.world_size)
+    local_batch = distributed.local_batch_size(s.batch_size, info)
     if info.is_main:
         prepare_workdir(workdir)
     distributed.barrier(info)
@@ -319,26 +257,27 @@ def _train(config: Any, workdir: str, s: TrainSettings, info: distributed.DistIn
     if resumed and info.is_main:
         log.info("resuming from %s (step %d)", resumed, state["step"])
     start = state["step"]
-    model = state["model"]
-    if s.compile:
-        model = torch.compile(model)
-    state["model"] = distributed.wrap_model(model, info)
+    precision = distributed.resolve_precision(s.precision, info.device)
+    channels_last = distributed.use_channels_last(s.channels_last, len(train_ds.shape) == 3)
+    if info.is_main:
+        log.info("%d process(es) on %s, global batch %d (%d per process), precision %s, compile %s, "
+                 "channels_last %s", info.world_size, info.device, s.batch_size, local_batch, precision,
+                 s.compile, channels_last)
+    state["model"] = distributed.wrap_for_training(state["model"], info, compile=s.compile)
 
     common = dict(kind=builders.loss_kind(config), continuous=bool(config.training.continuous),
                   reduce_mean=bool(config.training.reduce_mean),
                   likelihood_weighting=bool(config.training.likelihood_weighting),
-                  prediction=builders.prediction(config), precision=s.precision)
+                  prediction=builders.prediction(config), precision=precision)
     train_step = losses.get_step_fn(sde, train=True, optimize_fn=losses.optimization_manager(config.optim), **common)
     eval_step = losses.get_step_fn(sde, train=False, **common)
 
     batches = batch_iterator(train_ds, s.batch_size, s.seed, start, info)
     logger = Logger(workdir, info, start, s.n_iters)
-    memory_format = torch.channels_last if s.channels_last and len(train_ds.shape) == 3 else None
     try:
         while state["step"] < s.n_iters:
-            batch = scaler(next(batches).to(info.device))
-            if memory_format is not None:
-                batch = batch.contiguous(memory_format=memory_format)
+            batch = distributed.to_memory_format(scaler(next(batches).to(info.device)), channels_last)
+            distributed.seed_step(s.seed, state["step"], info)  # loss noise and dropout of this step/rank
             stats = train_step(state, batch)
             step = state["step"]
             logger.advance(stats["loss"])
