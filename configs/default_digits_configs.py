@@ -12,7 +12,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     config.seed = 0
     training = config.training
     training.batch_size = 128
-    training.n_iters = 1500  # measured: see docs_pipeline.md
+    training.n_iters = 1500  # measured: see bench/RESULTS.md
     training.log_freq = 50
     training.eval_freq = 250
     training.snapshot_freq = 500

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-# every config key this module reads (documented in docs_data.md)
+# every config key this module reads (documented in README.md, section Data)
 CONFIG_KEYS = (
     "data.dataset", "data.root", "data.image_size", "data.num_channels", "data.num_levels",
     "data.uniform_dequantization", "data.random_flip", "data.centered", "data.eval_fraction",

@@ -288,9 +288,7 @@ def test_scalers_are_inverse():
 
 
 def test_config_keys_are_documented():
-    # docs_data.md until the lead merges it into README.md
     root = os.path.join(os.path.dirname(__file__), "..")
-    name = "docs_data.md" if os.path.exists(os.path.join(root, "docs_data.md")) else "README.md"
-    doc = open(os.path.join(root, name), encoding="utf-8").read()
+    doc = open(os.path.join(root, "README.md"), encoding="utf-8").read()
     for key in datasets.CONFIG_KEYS:
         assert f"`{key}`" in doc, key

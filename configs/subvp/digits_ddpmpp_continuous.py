@@ -1,21 +1,11 @@
-"""sub-VP SDE, continuous-time DSM, small DDPM++ (NCSN++ code, DDPM++ options) on 8x8 digits."""
-from configs.default_digits_configs import get_default_configs
-from configs.default_digits_unet import ddpmpp_model
+"""sub-VP SDE, continuous-time DSM, small DDPM++ (NCSN++ code, DDPM++ options) on 8x8 digits.
+
+Identical to the embedded default configs/vp/digits_ddpmpp_continuous.py except for the SDE.
+"""
+from configs.vp.digits_ddpmpp_continuous import get_config as vp_config
 
 
 def get_config():
-    config = get_default_configs()
-    training = config.training
-    training.sde = "subvpsde"
-    training.continuous = True
-    training.reduce_mean = True
-
-    sampling = config.sampling
-    sampling.method = "ddim"  # 100 deterministic steps: seconds on a CPU (pc/euler_maruyama: 1000 steps)
-    sampling.steps = 100
-    sampling.predictor = "euler_maruyama"  # for --config.sampling.method=pc
-    sampling.corrector = "none"
-
-    config.data.centered = True
-    ddpmpp_model(config.model)
+    config = vp_config()
+    config.training.sde = "subvpsde"
     return config

@@ -1,6 +1,6 @@
 """THE EMBEDDED DEFAULT: VP SDE, continuous-time DSM, a small DDPM++ (NCSN++ code, DDPM++ options) on 8x8 digits.
 
-Trains, samples and scores bits/dim on a 2-core CPU in about 10 minutes (docs_pipeline.md).
+Trains, samples and scores bits/dim in about 6 minutes on an idle 2-core CPU (README, bench/RESULTS.md).
 """
 from configs.default_digits_configs import get_default_configs
 from configs.default_digits_unet import ddpmpp_model

@@ -12,7 +12,7 @@ from .ncsnpp import UNet, UNetOptions, check_fixed_choices, get_sigmas
 
 
 def ddpm_options(config) -> UNetOptions:
-    """The DDPM options read from ``config.model`` / ``config.data`` (see docs_models.md)."""
+    """The DDPM options read from ``config.model`` / ``config.data`` (see README.md, section Models)."""
     m, d = config.model, config.data
     check_fixed_choices(m)
     return UNetOptions(

@@ -41,7 +41,7 @@ class ConditionalMLP(nn.Module):
 @register_model("mlp")
 class MLP(ConditionalMLP):
     """Reads data.dim (or data.num_channels), model.hidden_dims, model.embedding_dim,
-    model.nonlinearity and model.label_scale (see docs_models.md)."""
+    model.nonlinearity and model.label_scale (see README.md, section Models)."""
 
     def __init__(self, config) -> None:
         m, d = config.model, config.data

@@ -304,7 +304,7 @@ def check_fixed_choices(model_config) -> None:
 
 
 def options_from_config(config) -> UNetOptions:
-    """The NCSN++ options read from ``config.model`` / ``config.data`` (see docs_models.md)."""
+    """The NCSN++ options read from ``config.model`` / ``config.data`` (see README.md, section Models)."""
     m, d = config.model, config.data
     check_fixed_choices(m)
     embedding = m.embedding_type.lower()
