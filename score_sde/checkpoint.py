@@ -14,11 +14,12 @@ import os
 import pickle
 import random
 import re
-import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+
+from .atomic import atomic_write
 
 MANDATORY_KEYS = ("model", "step")
 _CKPT_RE = re.compile(r"^checkpoint_(\d+)\.pth$")
@@ -52,35 +53,9 @@ def save_checkpoint(path: str, state: Dict[str, Any]) -> str:
     truncated ``path``)."""
     _validate_state(state)
     state = dict(state, step=int(state["step"]))
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(folder)
+    with atomic_write(path, "wb") as f:
+        torch.save(state, f)
     return path
-
-
-def _fsync_dir(folder: str) -> None:
-    """Persist the rename itself (POSIX); silently skipped where directories cannot be opened."""
-    try:
-        dfd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
 
 
 def _refusal_reason(message: str) -> str:

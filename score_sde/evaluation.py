@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 
 from . import builders, checkpoint, datasets, distributed, losses, metrics, report, sampling

@@ -9,7 +9,7 @@ loads directly. Weights are read only from a local file; nothing is ever downloa
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F

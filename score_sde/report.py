@@ -8,12 +8,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 import torch
+
+from .atomic import atomic_write
 
 
 def jsonable(value: Any) -> Any:
@@ -39,19 +39,9 @@ def options_tag(options: Mapping[str, Any], length: int = 8) -> str:
 
 def write_json(path: str, payload: Mapping[str, Any]) -> str:
     """Write `payload` atomically (temp file in the same folder, then os.replace)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(jsonable(payload), f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; reports are for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "w") as f:
+        json.dump(jsonable(payload), f, indent=2, sort_keys=True)
+        f.write("\n")
     return path
 
 
@@ -72,16 +62,6 @@ def is_done(path: str, settings: Mapping[str, Any]) -> bool:
 
 def save_npz(path: str, **arrays: np.ndarray) -> str:
     """np.savez through a temp file, so a crash never leaves a truncated samples.npz."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".samples.", suffix=".npz", dir=folder)
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "wb") as f:
+        np.savez(f, **arrays)
     return path

@@ -9,7 +9,6 @@ from the same skeleton.  Parts are registered in score_sde_pytorch's constructio
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
