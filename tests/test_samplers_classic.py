@@ -23,13 +23,7 @@ from score_sde.sampling.ddim import ddim_invert
 N_SAMPLES = 2000
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The mixture score is tiny: thread start-up costs more than it saves on 2 cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

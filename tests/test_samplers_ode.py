@@ -12,13 +12,7 @@ from score_sde.sampling.ode import ode_encode
 SDES = {"vp": sde_lib.VPSDE, "ve": sde_lib.VESDE, "subvp": sde_lib.subVPSDE}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids oversubscription on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- ring at default steps
