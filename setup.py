@@ -23,5 +23,5 @@ setup(
         "tqdm",
         "scikit-learn",  # ships the embedded default data set (8x8 digits) and the GMM baseline
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=9"]},
 )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional
 
@@ -51,6 +52,29 @@ def collective_timeout() -> datetime.timedelta:
     return datetime.timedelta(minutes=minutes)
 
 
+def loopback_interface() -> Optional[str]:
+    """Name of this host's loopback interface ('lo' on Linux), or None where it cannot be listed."""
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except OSError:
+        return None
+    return next((n for n in names if n.startswith("lo")), None)
+
+
+def pin_gloo_to_loopback() -> None:
+    """Single-node gloo: connect ranks over loopback unless GLOO_SOCKET_IFNAME says otherwise.
+
+    Without it gloo binds the address the host name resolves to; in containers that is often an
+    external interface whose traffic to itself is filtered, and the connect then waits for the whole
+    collective timeout instead of failing."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    single_node = int(os.environ.get("LOCAL_WORLD_SIZE", "0")) == world
+    if single_node and "GLOO_SOCKET_IFNAME" not in os.environ:
+        name = loopback_interface()
+        if name is not None:
+            os.environ["GLOO_SOCKET_IFNAME"] = name
+
+
 def setup(preference: str = "auto") -> DistInfo:
     """Join the torchrun process group if launched under torchrun; otherwise a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -59,6 +83,8 @@ def setup(preference: str = "auto") -> DistInfo:
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
+        else:
+            pin_gloo_to_loopback()
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=collective_timeout())
     return DistInfo(rank, world, local_rank, device)
 

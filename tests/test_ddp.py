@@ -8,13 +8,11 @@ loss_r / K for each r computes that gradient too; Adam, clipping and EMA then se
 The only difference is the order of float additions, hence a 1e-5 tolerance with ~1e-7 observed.
 """
 import os
-import socket
 
 import ml_collections
 import pytest
 import torch
-import torch.multiprocessing as mp
-
+from multiproc import free_port, launch, rank_env, run_command
 from score_sde import builders, datasets, distributed, losses, parameterization
 
 SEED = 3
@@ -22,12 +20,6 @@ SEED = 3
 
 def info(rank, world):
     return distributed.DistInfo(rank, world, rank, torch.device("cpu"))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def toy_config(batch_size=8):
@@ -41,17 +33,6 @@ def toy_config(batch_size=8):
         "optim": {"optimizer": "Adam", "lr": 1e-2, "beta1": 0.9, "eps": 1e-8, "weight_decay": 0.0,
                   "warmup": 2, "grad_clip": 1.0},
     })
-
-
-def launch(fn, world, *args):
-    """Run fn(rank, world, port, *args) in `world` processes (forked: no re-import, a few seconds faster)."""
-    mp.start_processes(fn, args=(world, free_port(), *args), nprocs=world, join=True, start_method="fork")
-
-
-def _env(rank, world, port):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
 
 
 # ----------------------------------------------------------------------------- data stream and seeds
@@ -159,7 +140,7 @@ def _train_steps(config, dist_info, steps, ddp: bool):
 
 
 def _ddp_worker(rank, world, port, steps, path):
-    _env(rank, world, port)
+    rank_env(rank, world, port)
     dist_info = distributed.setup("cpu")
     try:
         state, logs = _train_steps(toy_config(), dist_info, steps, ddp=True)
@@ -235,7 +216,7 @@ def _adaptive_solve(x0: torch.Tensor, rtol: float = 1e-6):
 
 
 def _eval_worker(rank, world, port, n, batch_size, path):
-    _env(rank, world, port)
+    rank_env(rank, world, port)
     dist_info = distributed.setup("cpu")
     try:
         calls = []
@@ -306,14 +287,13 @@ def torchrun(nproc, workdir, mode="train", wait=True, **extra):
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
            f"--master_port={free_port()}", "main.py", f"--config={TOY}", f"--workdir={workdir}", f"--mode={mode}",
            *flags]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, text=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, SCORE_SDE_DIST_TIMEOUT_MIN="2")
     if not wait:
-        return proc
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out[-3000:]
-    return out
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True, text=True)
+    done = run_command(cmd, cwd=ROOT, env=env)
+    assert done.returncode == 0, done.stdout[-3000:]
+    return done.stdout
 
 
 def _children(pid):

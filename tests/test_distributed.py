@@ -1,11 +1,11 @@
 """torchrun helpers: sharding covers the data exactly once; gathers work for uneven per-rank sizes (gloo)."""
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from multiproc import launch, rank_env
 from score_sde import distributed
 
 
@@ -25,15 +25,8 @@ def test_rank_seeds_differ_and_are_stable():
     assert len(set(seeds)) == 4 and seeds == [distributed.rank_seed(42, r) for r in range(4)]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank, world, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    rank_env(rank, world, port)
     dist_info = distributed.setup("cpu")
     try:
         x = torch.full((rank + 1, 2), float(rank))          # uneven first dimension per rank
@@ -48,8 +41,22 @@ def _worker(rank, world, port, out):
 def test_gather_reduce_broadcast_across_two_gloo_processes():
     manager = mp.Manager()
     out = manager.dict()
-    mp.spawn(_worker, args=(2, free_port(), out), nprocs=2, join=True)
+    launch(_worker, 2, out)
     expected = [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]
     for rank in range(2):
         gathered, total, obj = out[rank]
         assert gathered == expected and total == 3.0 and obj == {"step": 7}
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}, "lo"),          # one node: loopback
+    ({"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"}, None),          # two nodes: gloo's own choice
+    ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "GLOO_SOCKET_IFNAME": "eth7"}, "eth7"),  # the user's
+])
+def test_single_node_gloo_is_pinned_to_loopback(monkeypatch, env, expected):
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
+    monkeypatch.setattr(distributed, "loopback_interface", lambda: "lo")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    distributed.pin_gloo_to_loopback()
+    assert os.environ.get("GLOO_SOCKET_IFNAME") == expected

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from multiproc import launch, rank_env
 from score_sde import builders, checkpoint, evaluation, sampling
 from score_sde.models import compat
 
@@ -217,9 +218,7 @@ def test_fid_without_weights_is_a_clear_error(tmp_path):
 # Two gloo processes: uneven per-rank work, gathered after the loops, rank 0 writes
 # ---------------------------------------------------------------------------------------------
 def _rank_main(rank: int, world: int, port: int, workdir: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
+    rank_env(rank, world, port)
     cfg = tiny_config(num_samples=7, batch_size=2, bpd_num_batches=2, enable_loss=True)
     try:
         evaluation.evaluate(cfg, workdir, eval_folder="eval_ddp")
@@ -228,18 +227,11 @@ def _rank_main(rank: int, world: int, port: int, workdir: str) -> None:
         distributed.cleanup()
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_match_single_process(tmp_path):
     wd = str(tmp_path)
     cfg = tiny_config(num_samples=7, batch_size=2, bpd_num_batches=2)
     checkpoint.save_checkpoint(checkpoint.checkpoint_path(wd, 1), _poisoned_checkpoint(cfg, 1, 0))
-    torch.multiprocessing.spawn(_rank_main, args=(2, _free_port(), wd), nprocs=2, join=True)
+    launch(_rank_main, 2, wd)
     evaluation.evaluate(cfg, wd, eval_folder="eval_single")
     read = lambda folder: np.load(os.path.join(_sampler_dir(os.path.join(wd, folder, "ckpt_1"), "ddim"),  # noqa
                                                "samples.npz"))["samples"]
