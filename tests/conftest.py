@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+from multiproc import gloo  # noqa: F401 - fixture: skips where the machine cannot host two gloo ranks
+
 
 @pytest.fixture(scope="module")
 def one_thread():

@@ -7,16 +7,21 @@ cannot complete fails the test with a message instead of stalling the suite.
 """
 from __future__ import annotations
 
+import datetime
+import functools
 import os
 import signal
 import socket
 import subprocess
 import time
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from score_sde import distributed
 
 LAUNCH_TIMEOUT_S = 240
 COLLECTIVE_TIMEOUT_MIN = "2"
@@ -44,7 +49,7 @@ def launch(fn: Callable, world: int, *args, timeout: float = LAUNCH_TIMEOUT_S) -
     try:
         while not ctx.join(timeout=max(0.1, deadline - time.monotonic())):
             if time.monotonic() >= deadline:
-                pytest.fail(f"{world} rank processes of {fn.__name__} did not finish within {timeout:.0f} s")
+                raise TimeoutError(f"{world} rank processes of {fn.__name__} did not finish within {timeout:.0f} s")
     finally:
         for p in ctx.processes:
             if p.is_alive():
@@ -63,3 +68,33 @@ def run_command(cmd: List[str], timeout: float = LAUNCH_TIMEOUT_S, **popen) -> s
         out, _ = proc.communicate()
         pytest.fail(f"{' '.join(cmd[:4])} ... did not finish within {timeout:.0f} s:\n{out[-3000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, None)
+
+
+def _probe(rank: int, world: int, port: int) -> None:
+    rank_env(rank, world, port)
+    distributed.pin_gloo_to_loopback()
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=30))
+    try:
+        total = torch.ones(1)
+        dist.all_reduce(total)
+        assert float(total) == world
+    finally:
+        dist.destroy_process_group()
+
+
+@functools.lru_cache(maxsize=None)
+def gloo_problem() -> Optional[str]:
+    """Why two local gloo processes cannot all-reduce on this machine (plain torch), or None if they can."""
+    try:
+        launch(_probe, 2, timeout=90)
+    except Exception as err:  # noqa: BLE001 - any failure means the machine cannot host the test
+        return f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:200]}"
+    return None
+
+
+@pytest.fixture
+def gloo() -> None:
+    """Skip (loudly, in the -ra summary) where the machine itself cannot connect two gloo processes."""
+    problem = gloo_problem()
+    if problem is not None:
+        pytest.skip(f"two local gloo processes cannot all-reduce on this machine ({problem})")

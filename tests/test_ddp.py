@@ -181,7 +181,7 @@ def _reference(config, worlds):
     return state, logs
 
 
-def test_two_processes_match_single_process_reference(tmp_path):
+def test_two_processes_match_single_process_reference(tmp_path, gloo):
     steps, world = 4, 2
     launch(_ddp_worker, world, steps, str(tmp_path / "out"))
     runs = [torch.load(f"{tmp_path / 'out'}.{r}", weights_only=True) for r in range(world)]
@@ -234,7 +234,7 @@ def _eval_worker(rank, world, port, n, batch_size, path):
 
 
 @pytest.mark.parametrize("n,batch_size", [(7, 2), (1, 4)])
-def test_uneven_evaluation_gathers_exactly_n_in_order(tmp_path, n, batch_size):
+def test_uneven_evaluation_gathers_exactly_n_in_order(tmp_path, gloo, n, batch_size):
     world = 2
     launch(_eval_worker, world, n, batch_size, str(tmp_path / "ev"))
     runs = [torch.load(f"{tmp_path / 'ev'}.{r}", weights_only=True) for r in range(world)]
@@ -321,7 +321,7 @@ def _assert_checkpoint_matches(path, ref):
     return ckpt
 
 
-def test_killed_two_process_run_resumes_with_one_then_two_processes(tmp_path):
+def test_killed_two_process_run_resumes_with_one_then_two_processes(tmp_path, gloo):
     """K=2 killed mid-run -> resumed with K=1 -> resumed with K=2; the parameters equal the reference
     that switches the number of ranks at the same steps (same data stream, per-(step, rank) noise)."""
     import signal

@@ -38,7 +38,7 @@ def _worker(rank, world, port, out):
         distributed.cleanup()
 
 
-def test_gather_reduce_broadcast_across_two_gloo_processes():
+def test_gather_reduce_broadcast_across_two_gloo_processes(gloo):
     manager = mp.Manager()
     out = manager.dict()
     launch(_worker, 2, out)

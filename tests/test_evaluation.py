@@ -227,7 +227,7 @@ def _rank_main(rank: int, world: int, port: int, workdir: str) -> None:
         distributed.cleanup()
 
 
-def test_two_processes_match_single_process(tmp_path):
+def test_two_processes_match_single_process(tmp_path, gloo):
     wd = str(tmp_path)
     cfg = tiny_config(num_samples=7, batch_size=2, bpd_num_batches=2)
     checkpoint.save_checkpoint(checkpoint.checkpoint_path(wd, 1), _poisoned_checkpoint(cfg, 1, 0))
