@@ -171,11 +171,18 @@ class ResnetBlock(nn.Module):
         self.norm2 = norm_fn(out_ch)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = conv3x3(out_ch, out_ch, init_scale=init_scale)
-        self.skip = ChannelDense(in_ch, out_ch) if in_ch != out_ch else None
+        self.skip = self._skip_layer(in_ch, out_ch)
         self.act, self.skip_rescale = act, skip_rescale
 
+    def _skip_layer(self, in_ch: int, out_ch: int) -> Optional[nn.Module]:
+        return ChannelDense(in_ch, out_ch) if in_ch != out_ch else None  # NIN, as in DDPM
+
+    def _resample(self, x: torch.Tensor) -> torch.Tensor:
+        return x  # the DDPM block keeps the resolution; BigGAN's resamples here
+
     def forward(self, x: torch.Tensor, temb: Optional[torch.Tensor] = None) -> torch.Tensor:
-        h = self.conv1(self.act(self.norm1(x)))
+        h = self.conv1(self._resample(self.act(self.norm1(x))))
+        x = self._resample(x)
         if temb is not None:
             h = h + self.temb_proj(self.act(temb))[:, :, None, None]
         h = self.conv2(self.dropout(self.act(self.norm2(h))))
@@ -184,24 +191,18 @@ class ResnetBlock(nn.Module):
         return residual_sum(x, h, self.skip_rescale)
 
 
-class BigGANResnetBlock(nn.Module):
+class BigGANResnetBlock(ResnetBlock):
     """BigGAN-style residual block (Brock et al. 2019) that can also resample by 2 (NCSN++)."""
 
     def __init__(self, act: nn.Module, in_ch: int, out_ch: Optional[int] = None, temb_dim: Optional[int] = None,
                  up: bool = False, down: bool = False, dropout: float = 0.1, fir_kernel: Optional[Sequence[float]] = None,
                  skip_rescale: bool = True, init_scale: float = 0.0, norm_fn: NormFn = ddpm_norm) -> None:
-        super().__init__()
-        out_ch = out_ch or in_ch
-        self.norm1 = norm_fn(in_ch)
-        self.conv1 = conv3x3(in_ch, out_ch)
-        self.temb_proj = dense(temb_dim, out_ch) if temb_dim is not None else None
-        self.norm2 = norm_fn(out_ch)
-        self.dropout = nn.Dropout(dropout)
-        self.conv2 = conv3x3(out_ch, out_ch, init_scale=init_scale)
-        self.skip = conv1x1(in_ch, out_ch) if (in_ch != out_ch or up or down) else None
-        self.act, self.skip_rescale = act, skip_rescale
-        self.up, self.down = up, down
+        self.up, self.down = up, down  # plain flags, set first: the base __init__ asks _skip_layer
+        super().__init__(act, in_ch, out_ch, temb_dim, dropout, skip_rescale, init_scale, norm_fn)
         self.fir_kernel = tuple(fir_kernel) if fir_kernel is not None else None  # None: nearest / average
+
+    def _skip_layer(self, in_ch: int, out_ch: int) -> Optional[nn.Module]:
+        return conv1x1(in_ch, out_ch) if (in_ch != out_ch or self.up or self.down) else None
 
     def _resample(self, x: torch.Tensor) -> torch.Tensor:
         if self.up:
@@ -209,17 +210,6 @@ class BigGANResnetBlock(nn.Module):
         if self.down:
             return fir.downsample_2d(x, self.fir_kernel) if self.fir_kernel else fir.naive_downsample_2d(x)
         return x
-
-    def forward(self, x: torch.Tensor, temb: Optional[torch.Tensor] = None) -> torch.Tensor:
-        h = self._resample(self.act(self.norm1(x)))
-        x = self._resample(x)
-        h = self.conv1(h)
-        if temb is not None:
-            h = h + self.temb_proj(self.act(temb))[:, :, None, None]
-        h = self.conv2(self.dropout(self.act(self.norm2(h))))
-        if self.skip is not None:
-            x = self.skip(x)
-        return residual_sum(x, h, self.skip_rescale)
 
 
 class Upsample(nn.Module):
