@@ -69,6 +69,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     evaluate.bpd_dataset = "test"
     evaluate.bpd_trace = "hutchinson-rademacher"
     evaluate.bpd_num_batches = 0  # 0: the whole split
+    evaluate.reference_split = "train"  # the paper's FID protocol: samples vs the training set
+    evaluate.num_reference = 50000
     evaluate.enable_fid = False
     evaluate.inception_path = placeholder(str)  # local FID Inception weights
     evaluate.import_ckpt = placeholder(str)  # a score_sde_pytorch checkpoint to evaluate

@@ -28,6 +28,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     evaluate.bpd_dataset = "test"
     evaluate.bpd_trace = "exact"
     evaluate.bpd_num_batches = 1
+    evaluate.reference_split = "test"  # SW2 and exact NLL against held-out draws
+    evaluate.num_reference = 10000
 
     config.data = data = ml_collections.ConfigDict()
     data.dataset = "toy_ring"

@@ -312,14 +312,34 @@ def _fid(ctx: _Context, x_data: torch.Tensor, ref: torch.Tensor) -> float:
     return float(metrics.fid_from_features(*feats))
 
 
+REFERENCE_SPLITS = ("test", "train")
+
+
+def reference_split(config: Any) -> str:
+    """eval.reference_split: the split samples are compared with (SW2, FID); 'test' unless set."""
+    split = str(_get(config.eval, "reference_split", "test"))
+    if split not in REFERENCE_SPLITS:
+        raise ValueError(f"eval.reference_split={split!r}; choose one of {REFERENCE_SPLITS}")
+    return split
+
+
+def num_reference(config: Any) -> int:
+    """eval.num_reference: at most this many items of the reference split (10000 unless set)."""
+    n = _get(config.eval, "num_reference", 10000)
+    if n is None or int(n) < 2:
+        raise ValueError(f"eval.num_reference={n!r} must be an integer >= 2 (FID needs a covariance)")
+    return int(n)
+
+
 def sample_metrics(ctx: _Context, x_model: torch.Tensor, x_data: torch.Tensor) -> Dict[str, float]:
-    """Sliced W2 to held-out data (with the train-vs-held-out floor), exact NLL for toy_ring, FID."""
+    """Sliced W2 to the reference split (with the other split's floor), exact NLL for toy_ring, FID."""
     cfg = ctx.config
-    limit = int(_get(cfg.eval, "num_reference", 10000) or 10000)
-    ref, train = _reference(ctx, "test", limit), _reference(ctx, "train", x_data.shape[0])
+    split = reference_split(cfg)
+    other = REFERENCE_SPLITS[1 - REFERENCE_SPLITS.index(split)]
+    ref, floor = _reference(ctx, split, num_reference(cfg)), _reference(ctx, other, x_data.shape[0])
     sw = lambda a: metrics.sliced_wasserstein(a, ref, generator=torch.Generator().manual_seed(ctx.seed))  # noqa
-    out = {"sliced_wasserstein": sw(x_data), "sliced_wasserstein_train_floor": sw(train),
-           "num_reference": int(ref.shape[0])}
+    out = {"sliced_wasserstein": sw(x_data), "sliced_wasserstein_floor": sw(floor),
+           "reference_split": split, "num_reference": int(ref.shape[0])}
     density = datasets.get_toy_density(cfg)
     if density is not None:  # exact density known: mean NLL of samples vs. of held-out data (model space)
         ref_model = datasets.get_data_scaler(cfg)(ref)
@@ -366,6 +386,8 @@ def sampling_job(ctx: _Context, folder: str, step: int, source: str, with_metric
     settings = {"sampler": method, "options": options, "num_samples": int(ctx.config.eval.num_samples),
                 "seed": ctx.seed, "checkpoint_step": step,
                 "metrics": with_metrics, "fid": with_metrics and bool(_get(ctx.config.eval, "enable_fid", False))}
+    if with_metrics:  # a different reference is a different result: not skipped as already done
+        settings["reference"] = [reference_split(ctx.config), num_reference(ctx.config)]
 
     def work() -> Dict[str, Any]:
         x, nfe, seconds = draw_samples(ctx)
@@ -404,6 +426,8 @@ def evaluate_checkpoint(ctx: _Context, folder: str, step: int, source: str) -> N
 def _checks(config: Any) -> None:
     """Fail before any work on settings that would fail later."""
     sampler_settings(config, _Dummy())
+    if bool(_get(config.eval, "enable_sampling", False)):
+        reference_split(config), num_reference(config)
     if bool(_get(config.eval, "enable_sampling", False)) and bool(_get(config.eval, "enable_fid", False)):
         if datasets._dataset_name(config) in datasets.TOY_DATASETS:
             raise ValueError("eval.enable_fid applies to image data sets only; set eval.enable_fid=False")
@@ -434,6 +458,8 @@ def sample(config: Any, workdir: str, eval_folder: str = "eval") -> str:
     """eval.num_samples samples from the newest checkpoint (or eval.import_ckpt) with the configured
     sampler: `<workdir>/<eval_folder>/sample_<step>/<method>_<tag>/` (samples.npz, samples.png, report.json)."""
     sampler_settings(config, _Dummy())
+    if bool(_get(config.eval, "enable_sampling", False)):
+        reference_split(config), num_reference(config)
     ctx = _context(config)
     imported = _get(config.eval, "import_ckpt")
     path = str(imported) if imported else checkpoint.latest_checkpoint(workdir)

@@ -1,11 +1,9 @@
 """Sample-quality metrics: sliced Wasserstein-2 between point sets and the Fréchet (FID) distance."""
 from __future__ import annotations
 
-import warnings
 from typing import Optional, Tuple, Union
 
 import numpy as np
-import scipy.linalg
 import torch
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
@@ -64,31 +62,45 @@ def feature_statistics(features: ArrayLike) -> Tuple[np.ndarray, np.ndarray]:
     return f.mean(axis=0), np.atleast_2d(np.cov(f, rowvar=False))
 
 
-def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: ArrayLike,
-                     eps: float = 1e-6) -> float:
+def _psd_sqrt(s: np.ndarray, name: str) -> np.ndarray:
+    """Symmetric square root of a covariance; an error if it is clearly not positive semi-definite."""
+    w, v = np.linalg.eigh((s + s.T) / 2)
+    scale = max(1.0, float(np.abs(w).max(initial=0.0)))
+    if w.size and w.min() < -1e-6 * scale:
+        raise ValueError(f"{name} is not positive semi-definite (eigenvalue {w.min():.3g}); pass a covariance")
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: ArrayLike) -> float:
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (Dowson & Landau 1982):
 
-    d^2 = |mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^{1/2})."""
+    d^2 = |mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^{1/2}), with
+    tr (s1 s2)^{1/2} = tr (s1^{1/2} s2 s1^{1/2})^{1/2} from two symmetric eigendecompositions: exact for
+    singular covariances too (no offset, no complex round-off as with sqrtm of the non-symmetric s1 s2)."""
     mu1, mu2 = (np.atleast_1d(np.asarray(m, dtype=np.float64)) for m in (mu1, mu2))
     s1, s2 = (np.atleast_2d(np.asarray(s, dtype=np.float64)) for s in (sigma1, sigma2))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
         raise ValueError(f"shape mismatch: mu1 {mu1.shape}, mu2 {mu2.shape}, sigma1 {s1.shape}, sigma2 {s2.shape}")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        covmean = scipy.linalg.sqrtm(s1 @ s2)
-    if caught or not np.isfinite(covmean).all():  # (near-)singular product: regularise both covariances
-        offset = np.eye(s1.shape[0]) * eps
-        covmean = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))
-    if np.iscomplexobj(covmean):
-        imag = np.abs(covmean.imag).max()
-        if imag > 1e-3 * max(1.0, np.abs(covmean.real).max()):
-            raise ValueError(f"sqrtm(sigma1 sigma2) has a large imaginary part ({imag:.3g}); the covariances "
-                             f"are not positive semi-definite or are badly conditioned: use more samples")
-        covmean = covmean.real
+    r1 = _psd_sqrt(s1, "sigma1")
+    _psd_sqrt(s2, "sigma2")
+    inner = np.linalg.eigvalsh((r1 @ s2 @ r1 + (r1 @ s2 @ r1).T) / 2)
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.sqrt(np.clip(inner, 0.0, None)).sum())
 
 
 def fid_from_features(features1: ArrayLike, features2: ArrayLike) -> float:
-    """FID between two feature sets [N, D] (e.g. Inception pool3 features)."""
-    return frechet_distance(*feature_statistics(features1), *feature_statistics(features2))
+    """FID between two feature sets [N, D] (e.g. Inception pool3 features).
+
+    With fewer samples than dimensions, sigma_i = A_i^T A_i for the centred, 1/sqrt(N_i - 1)-scaled
+    features A_i, and tr (sigma1 sigma2)^{1/2} is the nuclear norm of A1 A2^T (N1 x N2): exact and cheap."""
+    f1, f2 = (np.asarray(f.detach().cpu() if isinstance(f, torch.Tensor) else f, dtype=np.float64)
+              for f in (features1, features2))
+    (mu1, s1), (mu2, s2) = feature_statistics(f1), feature_statistics(f2)
+    if f1.shape[1] != f2.shape[1]:
+        raise ValueError(f"shape mismatch: features1 {f1.shape}, features2 {f2.shape} (same D needed)")
+    if min(f1.shape[0], f2.shape[0]) >= f1.shape[1]:
+        return frechet_distance(mu1, s1, mu2, s2)
+    a1, a2 = ((f - f.mean(0)) / np.sqrt(f.shape[0] - 1) for f in (f1, f2))
+    diff = mu1 - mu2
+    cross = np.linalg.svd(a1 @ a2.T, compute_uv=False).sum()
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * cross)

@@ -84,12 +84,29 @@ def test_frechet_distance_matches_eigendecomposition():
     assert metrics.frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-8)
 
 
-def test_frechet_distance_singular_covariances_are_regularised():
+def test_frechet_distance_singular_covariances_are_exact():
     d = 5
     s = np.zeros((d, d))
-    s[0, 0] = 1.0  # rank one: sqrtm of a singular product
-    got = metrics.frechet_distance(np.zeros(d), s, np.ones(d), s)
-    assert got == pytest.approx(float(d), abs=1e-4)
+    s[0, 0] = 1.0  # rank one: (s s)^{1/2} = s exactly, no offset needed
+    assert metrics.frechet_distance(np.zeros(d), s, np.ones(d), s) == pytest.approx(float(d), abs=1e-12)
+    t = np.zeros((d, d))
+    t[0, 0] = 4.0  # commuting: tr (s t)^{1/2} = 2, so d^2 = 1 + 4 - 4 = (sqrt 1 - sqrt 4)^2
+    assert metrics.frechet_distance(np.zeros(d), s, np.zeros(d), t) == pytest.approx(1.0, abs=1e-12)
+    with pytest.raises(ValueError, match="sigma2 is not positive semi-definite"):
+        metrics.frechet_distance(np.zeros(d), s, np.zeros(d), -s)
+
+
+@pytest.mark.parametrize("n1,n2,d", [(4, 6, 20), (30, 40, 8)])
+def test_fid_from_few_features_equals_the_covariance_route(n1, n2, d):
+    """n < D takes the nuclear norm of A1 A2^T; it must equal the D x D eigen route on the same data."""
+    rng = np.random.default_rng(3)
+    f1, f2 = rng.normal(size=(n1, d)), rng.normal(1.0, 2.0, size=(n2, d)) @ rng.normal(size=(d, d))
+    direct = metrics.frechet_distance(*metrics.feature_statistics(f1), *metrics.feature_statistics(f2))
+    # the D x D route takes square roots of round-off-sized eigenvalues of a singular matrix: ~1e-9 rel
+    assert metrics.fid_from_features(f1, f2) == pytest.approx(direct, rel=1e-7)
+    assert metrics.fid_from_features(f1, f1) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        metrics.fid_from_features(f1, f2[:, :-1])
 
 
 def test_frechet_distance_shape_mismatch():
@@ -113,24 +130,6 @@ def test_feature_statistics_and_fid():
 from score_sde import inception  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def inception_net():
-    """Random weights with He-scaled convs and non-trivial batch-norm statistics (features stay O(1))."""
-    torch.manual_seed(0)
-    net = inception.FIDInceptionV3().eval()
-    with torch.no_grad():
-        for mod in net.modules():
-            if isinstance(mod, torch.nn.Conv2d):
-                fan_in = mod.weight[0].numel()
-                mod.weight.normal_(0.0, math.sqrt(2.0 / fan_in))
-            elif isinstance(mod, torch.nn.BatchNorm2d):
-                mod.running_mean.uniform_(-0.1, 0.1)
-                mod.running_var.uniform_(0.5, 1.5)
-                mod.weight.uniform_(0.5, 1.5)
-                mod.bias.uniform_(-0.1, 0.1)
-    return net
-
-
 def test_inception_layout_matches_fid_network():
     net = inception.FIDInceptionV3()
     # torchvision's Inception-v3 has 27,161,264 parameters; minus AuxLogits (3,326,696) and fc (2,049,000)
@@ -140,12 +139,8 @@ def test_inception_layout_matches_fid_network():
     assert net.Mixed_7b.pool == "avg" and net.Mixed_7c.pool == "max"
 
 
-def test_inception_loads_local_file_and_extracts_features(tmp_path, inception_net):
-    sd = {k: v for k, v in inception_net.state_dict().items() if not k.endswith("num_batches_tracked")}
-    sd["fc.weight"], sd["fc.bias"] = torch.zeros(1008, 2048), torch.zeros(1008)  # as in pytorch-fid's file
-    path = str(tmp_path / "pt_inception.pth")
-    torch.save(sd, path)
-    net = inception.load_inception(path, "cpu")
+def test_inception_loads_local_file_and_extracts_features(inception_file, inception_net):
+    net = inception.load_inception(inception_file, "cpu")
     grey = torch.rand(2, 1, 8, 8, generator=_gen(0))
     f = inception.inception_features(net, grey, batch_size=1)
     assert f.shape == (2, 2048) and f.dtype == torch.float32 and torch.isfinite(f).all() and f.abs().mean() > 1e-3
