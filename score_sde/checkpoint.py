@@ -14,6 +14,7 @@ import os
 import pickle
 import random
 import re
+import zipfile
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -66,10 +67,21 @@ def _refusal_reason(message: str) -> str:
     return "unsupported pickle content"
 
 
+def _looks_like_torch_save(path: str) -> bool:
+    """torch.save writes a zip archive (torch >= 1.6) or, in the legacy format, a pickle (0x80 first)."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
+
+
 def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
     """Load a checkpoint with ``torch.load(weights_only=True)``; clear one-line errors otherwise."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist; check the workdir/checkpoint path")
+    if not _looks_like_torch_save(path):
+        raise ValueError(f"checkpoint {path} is corrupt or truncated (neither a zip archive nor a pickle, as "
+                         f"torch.save writes); delete it to fall back to the previous checkpoint")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

@@ -65,10 +65,12 @@ def test_truncated_file_gives_clear_error(tmp_path, cut):
         ck.load_checkpoint(path)
 
 
-def test_garbage_file_gives_clear_error(tmp_path):
+@pytest.mark.parametrize("content", [b"this is not a checkpoint at all" * 20, b"garbage\n"])
+def test_garbage_file_gives_clear_error(tmp_path, content):
+    """Text is not taken for pickled code ('g' is a pickle opcode): it is reported as corrupt."""
     path = str(tmp_path / "c.pth")
     with open(path, "wb") as f:
-        f.write(b"this is not a checkpoint at all" * 20)
+        f.write(content)
     with pytest.raises(ValueError, match="corrupt or truncated"):
         ck.load_checkpoint(path)
 
