@@ -56,18 +56,28 @@ def launch(fn: Callable, world: int, *args, timeout: float = LAUNCH_TIMEOUT_S) -
                 p.kill()
 
 
-def run_command(cmd: List[str], timeout: float = LAUNCH_TIMEOUT_S, **popen) -> subprocess.CompletedProcess:
-    """Run cmd in its own session; on timeout kill the whole session (torchrun agent and workers) and fail."""
+def run_commands(cmds: List[List[str]], timeout: float = LAUNCH_TIMEOUT_S,
+                 **popen) -> List[subprocess.CompletedProcess]:
+    """Run the commands side by side, each in its own session (torchrun agent and workers); if any is
+    still running after `timeout` s, kill every session and fail with the tail of each output."""
     env = dict(popen.pop("env", os.environ), SCORE_SDE_DIST_TIMEOUT_MIN=COLLECTIVE_TIMEOUT_MIN)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, **popen)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"{' '.join(cmd[:4])} ... did not finish within {timeout:.0f} s:\n{out[-3000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, None)
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True, **popen) for cmd in cmds]
+    deadline, outs = time.monotonic() + timeout, []
+    for proc in procs:
+        try:
+            outs.append(proc.communicate(timeout=max(0.1, deadline - time.monotonic()))[0])
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+            tails = "\n---\n".join(p.communicate()[0][-1500:] for p in procs[len(outs):])
+            raise TimeoutError(f"{len(cmds)} command(s) did not finish within {timeout:.0f} s:\n{tails}")
+    return [subprocess.CompletedProcess(cmd, p.returncode, out, None) for cmd, p, out in zip(cmds, procs, outs)]
+
+
+def run_command(cmd: List[str], timeout: float = LAUNCH_TIMEOUT_S, **popen) -> subprocess.CompletedProcess:
+    return run_commands([cmd], timeout, **popen)[0]
 
 
 def _probe(rank: int, world: int, port: int) -> None:
