@@ -14,8 +14,9 @@ from .distributed import unwrap
 from .models.ema import ExponentialMovingAverage
 
 SDE_NAMES = ("vpsde", "subvpsde", "vesde")
-# model fields kept for score_sde_pytorch compatibility whose only supported value is fixed here
-FIXED_MODEL_FIELDS = {"normalization": ("GroupNorm",), "conv_size": (3,), "attention_type": ("ddpm",)}
+# model fields kept for score_sde_pytorch compatibility whose supported values are fixed here; each model
+# checks which of them it implements (GroupNorm: the U-Nets; InstanceNorm++: the NCSN RefineNets)
+FIXED_MODEL_FIELDS = {"normalization": ("GroupNorm", "InstanceNorm++"), "conv_size": (3,), "attention_type": ("ddpm",)}
 
 
 def sde_name(config: Any) -> str:

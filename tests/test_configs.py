@@ -168,8 +168,8 @@ def test_paper_configs_exist_for_every_published_layout():
 
 def test_unknown_model_name_lists_registered_models():
     config = load("vp/digits_ddpmpp_continuous")
-    config.model.name = "ncsnv2_64"
-    with pytest.raises(ValueError, match=r"unknown model.name 'ncsnv2_64'; registered models: \[.*'ncsnpp'"):
+    config.model.name = "ncsnv2_128"
+    with pytest.raises(ValueError, match=r"unknown model.name 'ncsnv2_128'; registered models: \[.*'ncsnpp'"):
         builders.build_model(config, torch.device("cpu"))
 
 

@@ -227,3 +227,106 @@ def test_bad_image_size_and_fourier_discrete():
     cfg.training.continuous = False
     with pytest.raises(ValueError, match="fourier"):
         get_model(cfg)
+
+
+# ----------------------------------------------------------------------------- NCSN / NCSNv2 RefineNet
+def small_ncsn(name="ncsn", image_size=8, **model):
+    base = dict(name=name, nf=8, normalization="InstanceNorm++", nonlinearity="elu", interpolation="bilinear",
+                scale_by_sigma=name == "ncsnv2_64", sigma_min=0.01, sigma_max=50.0, num_scales=10)
+    base.update(model)
+    return ml_collections.ConfigDict({
+        "model": base, "data": {"image_size": image_size, "num_channels": 2, "centered": False},
+        "training": {"continuous": False, "sde": "vesde"}})
+
+
+@pytest.mark.parametrize("name", ["ncsn", "ncsnv2_64"])
+@pytest.mark.parametrize("dtype,batch,size", [(torch.float32, 3, 8), (torch.float64, 1, 8), (torch.float32, 2, 28)])
+def test_ncsn_forward_backward_shapes_and_dtypes(name, dtype, batch, size):
+    torch.manual_seed(0)
+    model = get_model(small_ncsn(name, image_size=size)).to(dtype)
+    x = torch.rand(batch, 2, size, size, dtype=dtype)
+    out = model(x, torch.arange(batch) % 10)
+    assert out.shape == x.shape and out.dtype == dtype and torch.isfinite(out).all()
+    out.square().sum().backward()
+    assert not [n for n, p in model.named_parameters() if p.grad is None]
+
+
+def test_ncsn_is_conditioned_on_the_level_index_only_through_its_norms():
+    torch.manual_seed(0)
+    model = get_model(small_ncsn()).eval()
+    x = torch.rand(2, 2, 8, 8)
+    with torch.no_grad():
+        for emb in (m for m in model.modules() if isinstance(m, torch.nn.Embedding)):
+            emb.weight.add_(0.1 * torch.randn_like(emb.weight))   # betas start at 0: make every row matter
+        at3, at7 = model(x, torch.tensor([3, 3])), model(x, torch.tensor([7, 7]))
+        assert (at3 - at7).abs().max() > 1e-3
+        mixed = model(x, torch.tensor([3, 7]))                      # per-sample conditioning, no batch mixing
+        torch.testing.assert_close(mixed, torch.stack([at3[0], at7[1]]), rtol=0, atol=1e-6)
+        for emb in (m for m in model.modules() if isinstance(m, torch.nn.Embedding)):
+            emb.weight[[3, 7]] = emb.weight[[7, 3]].clone()         # swap the two levels' rows everywhere
+        assert torch.equal(model(x, torch.tensor([7, 7])), at3)
+
+
+def test_ncsnv2_divides_an_unconditional_output_by_sigma():
+    torch.manual_seed(0)
+    model = get_model(small_ncsn("ncsnv2_64")).eval()
+    assert not any(isinstance(m, torch.nn.Embedding) for m in model.modules())
+    x, idx = torch.rand(1, 2, 8, 8).expand(2, -1, -1, -1), torch.tensor([0, 9])
+    sigmas = torch.exp(torch.linspace(math.log(50.0), math.log(0.01), 10))
+    with torch.no_grad():
+        out = model(x, idx) * sigmas[idx].view(-1, 1, 1, 1)
+    torch.testing.assert_close(out[0], out[1])
+
+
+def test_conditional_instance_norm_plus_closed_form():
+    from score_sde.models.ncsn import ConditionalInstanceNormPlus
+    torch.manual_seed(0)
+    norm = ConditionalInstanceNormPlus(4, num_levels=3)
+    with torch.no_grad():
+        norm.embed.weight.normal_()
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64) * torch.arange(1.0, 5.0, dtype=torch.float64).view(1, 4, 1, 1)
+    labels = torch.tensor([2, 0])
+    out = norm.double()(x, labels)
+    gamma, alpha, beta = norm.embed.weight.double()[labels].chunk(3, dim=-1)
+    mu, var = x.mean(dim=(2, 3)), x.var(dim=(2, 3), unbiased=False)
+    mu_plus = (mu - mu.mean(1, keepdim=True)) / torch.sqrt(mu.var(1, keepdim=True) + 1e-5)  # unbiased across C
+    torch.testing.assert_close(out.mean(dim=(2, 3)), gamma * alpha * mu_plus + beta)
+    torch.testing.assert_close(out.var(dim=(2, 3), unbiased=False), gamma ** 2 * var / (var + 1e-5))
+
+
+def test_ncsn_score_fn_feeds_the_level_index():
+    """Discrete VE: t = T is level 0 (sigma_max), as score_sde_pytorch's labels (T - t)(N - 1)."""
+    from score_sde import parameterization, sde_lib
+    torch.manual_seed(0)
+    model = get_model(small_ncsn()).eval()
+    sde = sde_lib.VESDE(sigma_min=0.01, sigma_max=50.0, N=10)
+    score_fn = parameterization.get_score_fn(sde, model, continuous=False)
+    x = torch.rand(2, 2, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(score_fn(x, torch.ones(2)), model(x, torch.tensor([0, 0])), rtol=0, atol=0)
+        torch.testing.assert_close(score_fn(x, torch.full((2,), 1e-5)), model(x, torch.tensor([9, 9])),
+                                   rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name,field,value,match", [
+    ("ncsn", "normalization", "GroupNorm", "model.normalization='GroupNorm' is not supported"),
+    ("ncsn", "interpolation", "nearest", "model.interpolation"),
+    ("ncsn", "nonlinearity", "tanhh", "model.nonlinearity"),
+    ("ncsnv2_64", "scale_by_sigma", False, "always divides its output by sigma")])
+def test_ncsn_bad_options_raise(name, field, value, match):
+    with pytest.raises(ValueError, match=match):
+        get_model(small_ncsn(name, **{field: value}))
+
+
+def test_ncsn_bad_labels_and_data_raise():
+    cfg = small_ncsn()
+    cfg.training.continuous = True
+    with pytest.raises(ValueError, match="training.continuous=False"):
+        get_model(cfg)
+    with pytest.raises(ValueError, match="must be even"):
+        get_model(small_ncsn(image_size=9))
+    model = get_model(small_ncsn())
+    with pytest.raises(ValueError, match="integer noise-level index"):
+        model(torch.rand(2, 2, 8, 8), torch.tensor([0.5, 1.0]))
+    with pytest.raises(ValueError, match="labels must have shape"):
+        model(torch.rand(2, 2, 8, 8), torch.tensor([1]))

@@ -56,4 +56,4 @@ def get_model(config) -> nn.Module:
 
 
 # importing the modules registers them
-from . import mlp, ddpm, ncsnpp  # noqa: E402,F401
+from . import mlp, ddpm, ncsnpp, ncsn  # noqa: E402,F401
