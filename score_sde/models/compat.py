@@ -1,7 +1,8 @@
 """Import of score_sde_pytorch checkpoints (Song et al. 2021's PyTorch release).
 
 Those checkpoints are ``{"model", "ema", "optimizer", "step"}``: ``model`` is a state dict
-with a ``module.`` prefix (DataParallel) and flat ``all_modules.<i>.<...>`` names; ``ema``
+with a ``module.`` prefix (DataParallel) and flat ``all_modules.<i>.<...>`` names (NCSN++,
+DDPM) or named attributes (NCSN: ``res1.0.conv1.weight``, ``refine1.crp.norms.0.embed.weight``); ``ema``
 holds ``decay``, ``num_updates`` and ``shadow_params`` (the trainable parameters, in
 ``model.parameters()`` order; buffers such as ``sigmas`` and the fixed Fourier weights
 ``W`` are not among them).
@@ -30,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from . import layers
+from .ncsn import InstanceNormPlus
 
 _PREFIX = "module."
 _LEAF_ALIASES = {"W": "weight", "b": "bias"}  # original NIN layers name their tensors W, b
@@ -47,7 +49,8 @@ _ORIGINAL_PART_NAMES = {
     layers.Combine: {"conv": "Conv"},
     layers.GaussianFourierProjection: {},
 }
-_UNITS = tuple(_ORIGINAL_PART_NAMES) + (layers.Upsample, layers.Downsample, nn.Linear, nn.Conv2d, nn.GroupNorm)
+_UNITS = tuple(_ORIGINAL_PART_NAMES) + (layers.Upsample, layers.Downsample, nn.Linear, nn.Conv2d, nn.GroupNorm,
+                                        nn.Embedding, InstanceNormPlus)
 
 
 def _leaf(key: str) -> str:
@@ -89,11 +92,18 @@ def _our_groups(model: nn.Module, with_buffers: bool) -> list[list[tuple[str, st
 
 
 def _source_groups(source_shapes: "Mapping[str, Any]") -> list[list[tuple[str, str, tuple]]]:
-    """Original entries grouped by their ``all_modules.<i>`` module, in order: (key, local name, shape)."""
+    """Original entries grouped by module, in order: (key, local name, shape).
+
+    Flat models (NCSN++, DDPM) group by their ``all_modules.<i>`` entry; models with named
+    attributes (NCSN's ``res1.0.conv1.weight``) by the module that owns the tensor.
+    """
     groups: "OrderedDict[str, list]" = OrderedDict()
     for key, value in source_shapes.items():
         parts = key.split(".")
-        head, local = (".".join(parts[:2]), ".".join(parts[2:])) if parts[0] == "all_modules" else (key, key)
+        if parts[0] == "all_modules":
+            head, local = ".".join(parts[:2]), ".".join(parts[2:])
+        else:
+            head, local = (".".join(parts[:-1]), parts[-1]) if len(parts) > 1 else (key, key)
         groups.setdefault(head, []).append((key, local, tuple(getattr(value, "shape", value))))
     return list(groups.values())
 
