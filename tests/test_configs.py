@@ -28,7 +28,7 @@ CONFIG_FILES = sorted(os.path.relpath(p, os.path.join(ROOT, "configs"))[:-3]
                       if "default_" not in os.path.basename(p) and not p.endswith("__init__.py"))
 COMPAT_DIR = os.environ.get("SCORE_SDE_COMPAT_DIR", "/work/shared/compat")
 # keys of a published model_config that our config leaves out, because the named model never reads them
-UNREAD_PUBLISHED = {"ddpm": {"embedding_type"}}
+UNREAD_PUBLISHED = {"ddpm": {"embedding_type"}, "ncsn": {"embedding_type", "dropout"}}
 SDE_ONLY = {"vesde": {"beta_min", "beta_max"}}
 # keys read only when another key switches them on: checked by flipping the switch and tracking again
 SWITCHED = {"model.fir_kernel": ("fir", True)}

@@ -241,6 +241,19 @@ def small_ncsn(name="ncsn", image_size=8, **model):
         "training": {"continuous": False, "sde": "vesde"}})
 
 
+def test_ncsn_cifar10_config_has_the_published_layout():
+    """configs/ve/ncsn/cifar10.py builds score_sde_pytorch's 'ncsn' network: same count, same ordered shapes."""
+    import importlib
+    ref = load_layout("ve__ncsn__cifar10")
+    assert ref["n_params"] == 39_750_659 and ref["model_name"] == "ncsn"
+    config = importlib.import_module("configs.ve.ncsn.cifar10").get_config()
+    with torch.device("meta"):
+        model = get_model(config)
+    assert sum(p.numel() for p in model.parameters()) == ref["n_params"]
+    assert [list(t.shape) for t in model.state_dict().values()] == [shape for _, shape in ref["state_dict"]]
+    assert model.prediction == "score" and not model.scale_by_sigma
+
+
 @pytest.mark.parametrize("name", ["ncsn", "ncsnv2_64"])
 @pytest.mark.parametrize("dtype,batch,size", [(torch.float32, 3, 8), (torch.float64, 1, 8), (torch.float32, 2, 28)])
 def test_ncsn_forward_backward_shapes_and_dtypes(name, dtype, batch, size):
