@@ -1,7 +1,8 @@
 """Discrete NCSN (Song & Ermon 2019): 10 geometric noise levels, sigma^2-weighted DSM, annealed Langevin.
 
-The network is the small NCSN++ U-Net with positional embedding of the level index (this
-project has no NCSN RefineNet); sampling is Algorithm 1 of the paper (sampling.method='ald').
+The network is the small NCSN++ U-Net with positional embedding of the level index (the
+NCSN RefineNet, model 'ncsn', is what ve/ncsn/cifar10 trains); sampling is Algorithm 1 of the
+paper (sampling.method='ald').
 """
 from configs.default_digits_configs import get_default_configs
 from configs.default_digits_unet import ncsnpp_model
