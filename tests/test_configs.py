@@ -26,7 +26,7 @@ sys.path.insert(0, ROOT)
 CONFIG_FILES = sorted(os.path.relpath(p, os.path.join(ROOT, "configs"))[:-3]
                       for p in glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), recursive=True)
                       if "default_" not in os.path.basename(p) and not p.endswith("__init__.py"))
-COMPAT_DIR = os.environ.get("SCORE_SDE_COMPAT_DIR", "/work/shared/compat")
+COMPAT_DIR = os.environ.get("SCORE_SDE_COMPAT_DIR", os.path.join(ROOT, "tests", "data", "compat"))
 # keys of a published model_config that our config leaves out, because the named model never reads them
 UNREAD_PUBLISHED = {"ddpm": {"embedding_type"}, "ncsn": {"embedding_type", "dropout"}}
 SDE_ONLY = {"vesde": {"beta_min", "beta_max"}}
