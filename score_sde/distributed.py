@@ -5,6 +5,7 @@ torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them everything runs as a
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import socket
 from dataclasses import dataclass
@@ -86,12 +87,20 @@ def setup(preference: str = "auto") -> DistInfo:
         else:
             pin_gloo_to_loopback()
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=collective_timeout())
+        _OWNED_GROUP[0] = True
     return DistInfo(rank, world, local_rank, device)
 
 
+_OWNED_GROUP = [False]  # whether setup() created the default group (a caller's own group is left alone)
+
+
 def cleanup() -> None:
-    if dist.is_available() and dist.is_initialized():
+    """Destroy the process group setup() created, after freeing DDP wrappers that still hold it: a
+    reducer destroyed after its group, at interpreter exit, can abort the process."""
+    if _OWNED_GROUP[0] and dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
+    _OWNED_GROUP[0] = False
 
 
 def barrier(info: DistInfo) -> None:

@@ -441,7 +441,16 @@ class _Dummy:
 def evaluate(config: Any, workdir: str, eval_folder: str = "eval") -> None:
     """Evaluate every checkpoint with step in [eval.begin_ckpt, eval.end_ckpt], or eval.import_ckpt."""
     _checks(config)
-    ctx, root = _context(config), os.path.join(workdir, eval_folder)
+    ctx = _context(config)
+    try:
+        _evaluate(ctx, workdir, eval_folder)
+        distributed.barrier(ctx.info)  # no rank tears the group down while another still uses it
+    finally:
+        distributed.cleanup()
+
+
+def _evaluate(ctx: _Context, workdir: str, eval_folder: str) -> None:
+    config, root = ctx.config, os.path.join(workdir, eval_folder)
     imported = _get(config.eval, "import_ckpt")
     if imported:
         step = load_imported(ctx, str(imported))
@@ -458,9 +467,17 @@ def sample(config: Any, workdir: str, eval_folder: str = "eval") -> str:
     """eval.num_samples samples from the newest checkpoint (or eval.import_ckpt) with the configured
     sampler: `<workdir>/<eval_folder>/sample_<step>/<method>_<tag>/` (samples.npz, samples.png, report.json)."""
     sampler_settings(config, _Dummy())
-    if bool(_get(config.eval, "enable_sampling", False)):
-        reference_split(config), num_reference(config)
     ctx = _context(config)
+    try:
+        out = _sample(ctx, workdir, eval_folder)
+        distributed.barrier(ctx.info)
+        return out
+    finally:
+        distributed.cleanup()
+
+
+def _sample(ctx: _Context, workdir: str, eval_folder: str) -> str:
+    config = ctx.config
     imported = _get(config.eval, "import_ckpt")
     path = str(imported) if imported else checkpoint.latest_checkpoint(workdir)
     if path is None:

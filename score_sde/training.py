@@ -236,7 +236,9 @@ def train(config: Any, workdir: str) -> Dict[str, Any]:
     settings = read_settings(config)
     info = distributed.setup(str(config.device))
     try:
-        return _train(config, workdir, settings, info)
+        state = _train(config, workdir, settings, info)
+        distributed.barrier(info)  # no rank tears the group down while another still uses it
+        return state
     finally:
         distributed.cleanup()
 
