@@ -100,6 +100,7 @@ def get_prediction_fn(sde: SDE, model: nn.Module, dst: str, *, continuous: bool 
         m, s = marginal_coeffs(sde, t, continuous, out)
         return convert(out, x, m, s, src, dst)
 
+    fn.continuous = continuous  # samplers that evaluate between discrete levels check this
     return fn
 
 
@@ -119,3 +120,44 @@ def score_to_prediction_fn(sde: SDE, score_fn: TensorFn, dst: str) -> TensorFn:
         return convert(score_fn(x, t), x, m, s, "score", dst)
 
     return fn
+
+
+# ----------------------------------------------------------------------------- the denoiser adapter
+Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
+
+
+def is_continuous(score_fn: TensorFn) -> bool:
+    """Whether score_fn answers at any t (True unless it declares `continuous = False`: a discrete-level
+    network, which rounds t to its nearest level)."""
+    return bool(getattr(score_fn, "continuous", True))
+
+
+def dynamic_threshold(x0: torch.Tensor, quantile: float) -> torch.Tensor:
+    """Imagen's dynamic thresholding (Saharia et al. 2022, sec. 2.3): s = max(1, quantile of |x0| per
+    sample), then clip x0 to [-s, s] and divide by s, for data scaled to [-1, 1]."""
+    flat = x0.reshape(x0.shape[0], -1).abs()
+    s = torch.quantile(flat.double(), quantile, dim=1).clamp(min=1.0).to(x0.dtype)
+    s = batch_broadcast(s, x0)
+    return torch.maximum(torch.minimum(x0, s), -s) / s
+
+
+def denoiser(sde: SDE, score_fn: TensorFn, threshold: Optional[float] = None) -> Denoiser:
+    """D(x_hat; sigma) = E[x0 | x_t = m x_hat] at t = t(sigma), in the scaled space x_hat = x/m.
+
+    Every SDE is a scaled VE (Karras et al. 2022, eq. 3 / sec. 2): x_hat = x_0 + sigma z, sigma = s/m.
+    Tweedie: x0 = (x_t + s^2 score)/m. Every sigma-space sampler calls the network only through this.
+    threshold: a quantile in (0, 1) turns on dynamic thresholding of the prediction (None: off).
+    """
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold is the quantile of |x0| used by dynamic thresholding, in (0, 1) "
+                         f"(Imagen: 0.995), or None for off; got {threshold!r}")
+
+    def denoise(x_hat: torch.Tensor, sigma: float) -> torch.Tensor:
+        t64 = sde.t_from_sigma(torch.tensor([sigma], dtype=torch.float64)).clamp(max=sde.T)
+        m, s = float(sde.mean_coeff(t64)[0]), float(sde.marginal_std(t64)[0])
+        tt = torch.full((x_hat.shape[0],), float(t64[0]), dtype=x_hat.dtype, device=x_hat.device)
+        x = m * x_hat
+        x0 = convert(score_fn(x, tt), x, m, s, "score", "x0")
+        return x0 if threshold is None else dynamic_threshold(x0, threshold)
+
+    return denoise

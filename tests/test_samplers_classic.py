@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from score_sde import sampling, sde_lib, toy
-from score_sde.sampling import steps as algebra
+from score_sde.sampling import algebra
 from score_sde.sampling.ddim import ddim_invert
 
 N_SAMPLES = 2000

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, Iterable, Optional, Sequence
 
 import torch
@@ -87,3 +88,42 @@ def check_positive_int(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+# ----------------------------------------------------------------------------- the endpoint
+# EDM's smallest noise level (Karras et al. 2022, sec. 5 and table 1): VP and sub-VP reach sigma = 0 only at
+# t = 0, where a network's score is undefined; stopping at 0.002 and returning the denoised estimate there
+# leaves a bias of order sigma_min^2 on the data variances, below 1e-5.
+EDM_SIGMA_MIN = 0.002
+
+
+def end_sigma(sde, eps: Optional[float]) -> float:
+    """Lowest noise level a sigma-space sampler evaluates the network at, before its final denoising step.
+
+    eps=None: the SDE's own floor sigma(0) (VE: its sigma_min) or EDM's 0.002, whichever is larger.
+    eps given (a time in (0, T)): sigma(eps), as in earlier versions and score_sde_pytorch.
+    """
+    if eps is None:
+        return max(EDM_SIGMA_MIN, float(sde.sigma(torch.zeros(1, dtype=torch.float64))[0]))
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < sde.T:
+        raise ValueError(f"eps must be a time in (0, T={sde.T}), got {eps!r}; None stops at sigma = "
+                         f"max({EDM_SIGMA_MIN}, sigma(0))")
+    return float(sde.sigma(torch.tensor([float(eps)], dtype=torch.float64))[0])
+
+
+def end_time(sde, eps: Optional[float]) -> float:
+    """Time a time-space sampler (ode) integrates down to: eps, or t(end_sigma) for eps=None."""
+    if eps is not None:
+        end_sigma(sde, eps)  # validates
+        return float(eps)
+    sigma = end_sigma(sde, None)
+    return max(float(sde.t_from_sigma(torch.tensor([sigma], dtype=torch.float64))[0]), 1e-12 * sde.T)
+
+
+def check_continuous(score_fn, sampler: str) -> None:
+    """Warn when a continuous-time sampler gets a discrete-level network's score (score_fn.continuous is
+    False): that network rounds every sigma to its nearest level, which is silently wrong below level 0."""
+    if not getattr(score_fn, "continuous", True):
+        warnings.warn(f"sampler {sampler!r} evaluates the score between the SDE's discrete levels, but this "
+                      f"score_fn belongs to a discrete-level network that rounds t to its nearest level; "
+                      f"use ddpm, ddim or ald (which walk the levels) for such networks", stacklevel=3)

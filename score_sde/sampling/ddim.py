@@ -13,7 +13,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from ..utils import randn_like
-from . import common, steps as algebra
+from . import algebra, common
 from .registry import register_sampler
 
 

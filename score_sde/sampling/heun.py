@@ -2,45 +2,21 @@
 
 Every SDE here is a scaled VE: x_hat = x / m(t) is data plus noise of std sigma(t) = s/m, and follows
     dx_hat/dsigma = (x_hat - D(x_hat; sigma)) / sigma          (EDM eq. 3 with s = 1, sigma(t) = t)
-with D the denoiser E[x0 | x_hat] = x_hat + sigma^2 * m * score_x(m x_hat, t(sigma)) (Tweedie). The
-solver steps through EDM's sigma schedule (eq. 5) from sigma_max = min(sigma(T), 80) down to sigma(eps),
-then takes a last Euler step to sigma = 0, so the result is the denoised sample and NFE = 2 * steps - 1.
+with D the denoiser (parameterization.denoiser). The solver steps through the schedule (EDM eq. 5 by default)
+from sigma_max = min(sigma(T), 80) down to the endpoint (max(0.002, sigma(0)), or sigma(eps)), then takes a
+last Euler step to sigma = 0, so the result is the denoised sample and NFE = 2 * steps - 1.
 Starting below sigma(T) reuses the prior draw's noise, x_hat = sigma_max * x_T / prior_std (EDM line 2).
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
-from ..utils import randn_like
-from .common import (EDM_SIGMA_MAX, Callback, CountingScore, ScoreFn, batch_time, check_positive_int, edm_sigmas,
-                     initial_state, prior_noise, progress as progress_bar, start_sigma)
-from .ode import resolve_eps, tweedie_denoise
+from . import sigma_space
+from .common import EDM_SIGMA_MAX, check_positive_int
 from .registry import register_sampler
-
-
-def sigma_range(sde, eps: float, sigma_max: Optional[float] = EDM_SIGMA_MAX) -> Tuple[float, float]:
-    """(sigma(eps), min(sigma(T), sigma_max)): the noise levels a sigma-space sampler runs between."""
-    lo, hi = float(sde.sigma(torch.tensor([eps], dtype=torch.float64))[0]), start_sigma(sde, sigma_max)
-    if not lo < hi:
-        raise ValueError(f"sigma_max={sigma_max} must exceed sigma(eps)={lo:.4g}; raise it or lower eps")
-    return lo, hi
-
-
-def time_of(sde, sigma: float) -> float:
-    """t(sigma), with sigma = 0 mapped to t = 0 (clean data)."""
-    return 0.0 if sigma == 0 else float(sde.t_from_sigma(torch.tensor([sigma], dtype=torch.float64))[0])
-
-
-def edm_denoiser(sde, score_fn: ScoreFn) -> Callable[[torch.Tensor, float], torch.Tensor]:
-    """D(x_hat; sigma) = E[x0 | x_t = m x_hat] with t = t(sigma), in the scaled space x_hat = x/m."""
-    def denoise(x_hat: torch.Tensor, sigma: float) -> torch.Tensor:
-        t = time_of(sde, sigma)
-        m = float(sde.mean_coeff(torch.tensor([t], dtype=torch.float64))[0])
-        return tweedie_denoise(sde, score_fn, m * x_hat, batch_time(t, x_hat))
-    return denoise
 
 
 def _check_churn(churn: float, s_tmin: float, s_tmax: float, s_noise: float, rho: float) -> None:
@@ -52,50 +28,47 @@ def _check_churn(churn: float, s_tmin: float, s_tmax: float, s_noise: float, rho
         raise ValueError(f"need 0 <= s_tmin <= s_tmax, got s_tmin={s_tmin}, s_tmax={s_tmax}")
 
 
-@register_sampler("heun")
+def solve_heun(run: sigma_space.Run, x: torch.Tensor, sigmas: List[float], churn: float = 0.0,
+               s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0) -> torch.Tensor:
+    n = len(sigmas) - 1
+    gamma_max = min(churn / n, math.sqrt(2) - 1)
+    for i in run.steps(n):
+        sigma, nxt = sigmas[i], sigmas[i + 1]
+        gamma = gamma_max if s_tmin <= sigma <= s_tmax else 0.0
+        sigma_hat = min(sigma * (1 + gamma), sigmas[0])       # Alg. 2, line 5 (capped at the start level)
+        if sigma_hat > sigma:                                  # Alg. 2, line 6
+            x = x + math.sqrt(sigma_hat ** 2 - sigma ** 2) * s_noise * run.noise(x)
+        x0 = run.denoise(x, sigma_hat)
+        d = (x - x0) / sigma_hat                               # Alg. 1, line 4
+        x_next = x + (nxt - sigma_hat) * d                     # Euler step, line 5
+        if nxt > 0:                                            # 2nd-order correction, lines 7-8
+            x0 = run.denoise(x_next, nxt)
+            x_next = x + (nxt - sigma_hat) * 0.5 * (d + (x_next - x0) / nxt)
+        x = x_next
+        run.report(i, nxt, x, x0)
+    return x
+
+
+@register_sampler("heun", "sample_heun")
 def heun_sampler(sde, shape: Sequence[int], *, steps: int = 18, rho: float = 7.0, churn: float = 0.0,
                  s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
-                 sigma_max: Optional[float] = EDM_SIGMA_MAX, eps: Optional[float] = None, device=None,
-                 dtype: torch.dtype = torch.float32, progress: bool = False) -> Callable:
+                 schedule: str = "edm", sigma_max: Optional[float] = EDM_SIGMA_MAX, eps: Optional[float] = None,
+                 threshold: Optional[float] = None, device=None, dtype: torch.dtype = torch.float32,
+                 progress: bool = False) -> Callable:
     """Deterministic Heun sampler of EDM (churn=0), or its stochastic variant (churn > 0, Algorithm 2).
 
-    steps: number of sigma levels of eq. 5 between min(sigma(T), sigma_max) and sigma(eps); NFE = 2 * steps - 1.
+    steps: number of levels between min(sigma(T), sigma_max) and the endpoint; NFE = 2 * steps - 1.
     rho: eq. 5's exponent (EDM: 7); rho=math.inf spaces the levels geometrically (uniform in log sigma).
+    schedule: "edm" (eq. 5, default), "logSNR", "time_uniform", "time_quadratic" or a saved .json schedule.
     sigma_max: highest level (EDM: 80); None starts at sigma(T) (VP: 152). x_T stays a prior draw either way.
-    churn, s_tmin, s_tmax, s_noise: EDM's S_churn, S_tmin, S_tmax, S_noise. The raised level
+    eps: None ends at max(0.002, sigma(0)) (EDM's sigma_min for VP/sub-VP, VE's own floor); a time ends at
+    sigma(eps). churn, s_tmin, s_tmax, s_noise: EDM's S_churn, S_tmin, S_tmax, S_noise. The raised level
     sigma_hat = sigma (1 + gamma) is capped at the start level, so the score is never asked beyond T.
+    threshold: dynamic-thresholding quantile (None: off).
     """
     check_positive_int("steps", steps)
     _check_churn(churn, s_tmin, s_tmax, s_noise, rho)
-    eps = resolve_eps(sde, eps)
-    lo, hi = sigma_range(sde, eps, sigma_max)
-    sigmas = torch.cat([edm_sigmas(lo, hi, steps, rho), torch.zeros(1, dtype=torch.float64)]).tolist()
-    gamma_max = min(churn / steps, math.sqrt(2) - 1)
-
-    def sampler(score_fn: ScoreFn, generator: Optional[torch.Generator] = None,
-                x_T: Optional[torch.Tensor] = None, callback: Callback = None) -> Tuple[torch.Tensor, int]:
-        counted = CountingScore(score_fn)
-        denoise = edm_denoiser(sde, counted)
-        x = initial_state(sde, shape, x_T, generator, device=device, dtype=dtype)
-        x = hi * prior_noise(sde, x)                                # Alg. 1, line 2: x_0 ~ N(0, sigma_0^2 I)
-        with torch.no_grad():
-            for i in progress_bar(range(steps), progress, "heun"):
-                sigma, nxt = sigmas[i], sigmas[i + 1]
-                gamma = gamma_max if s_tmin <= sigma <= s_tmax else 0.0
-                sigma_hat = min(sigma * (1 + gamma), hi)            # Alg. 2, line 5 (capped at sigma(T))
-                if sigma_hat > sigma:                               # Alg. 2, line 6
-                    x = x + math.sqrt(sigma_hat ** 2 - sigma ** 2) * s_noise * randn_like(x, generator)
-                x0 = denoise(x, sigma_hat)
-                d = (x - x0) / sigma_hat                            # Alg. 1, line 4
-                x_next = x + (nxt - sigma_hat) * d                  # Euler step, line 5
-                if nxt > 0:                                         # 2nd-order correction, lines 7-8
-                    x0 = denoise(x_next, nxt)
-                    x_next = x + (nxt - sigma_hat) * 0.5 * (d + (x_next - x0) / nxt)
-                x = x_next
-                if callback is not None:
-                    t = time_of(sde, nxt)
-                    m = float(sde.mean_coeff(torch.tensor([t], dtype=torch.float64))[0])
-                    callback(i=i, t=t, x=m * x, x0=x0)
-        return x, counted.nfe
-
-    return sampler
+    sigmas = sigma_space.sigma_grid(sde, steps, schedule, rho, sigma_max, eps)
+    return sigma_space.build("heun", solve_heun, sde, shape, sigmas, threshold=threshold, device=device,
+                             dtype=dtype, progress=progress, churn=churn, s_tmin=s_tmin, s_tmax=s_tmax,
+                             s_noise=s_noise)

@@ -27,7 +27,7 @@ from typing import Callable, Optional, Sequence, Tuple
 import torch
 
 from ..utils import batch_broadcast, randn_like
-from . import common, steps as algebra
+from . import algebra, common
 from .registry import register_sampler
 
 Pair = Tuple[torch.Tensor, torch.Tensor]
