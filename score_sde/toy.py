@@ -20,7 +20,12 @@ Scalar = Union[float, torch.Tensor]
 class GaussianMixture:
     """sum_k w_k N(mu_k, S_k) in R^d with exact marginals under x_t = m x_0 + s z."""
 
-    def __init__(self, weights: torch.Tensor, means: torch.Tensor, covs: torch.Tensor):
+    def __init__(self, weights: torch.Tensor, means: torch.Tensor, covs: Optional[torch.Tensor] = None, *,
+                 eig: Optional[tuple] = None):
+        """covs [K, d, d]; or eig = (eigvals [K, d], eigvecs [K, d, d]) to skip the eigendecomposition."""
+        if eig is not None:
+            vals, vecs = (torch.as_tensor(a, dtype=torch.float64) for a in eig)
+            covs = vecs @ (vals.unsqueeze(-1) * vecs.transpose(1, 2))
         weights, means, covs = (torch.as_tensor(a, dtype=torch.float64) for a in (weights, means, covs))
         if means.dim() != 2 or weights.shape != means.shape[:1] or covs.shape != means.shape + means.shape[1:]:
             raise ValueError(f"need weights [K], means [K, d], covs [K, d, d]; got {tuple(weights.shape)}, "
@@ -28,7 +33,7 @@ class GaussianMixture:
         if (weights < 0).any() or not math.isclose(float(weights.sum()), 1.0, rel_tol=1e-9):
             raise ValueError("mixture weights must be non-negative and sum to 1")
         self.weights, self.means, self.covs = weights, means, covs
-        self.eigvals, self.eigvecs = torch.linalg.eigh(covs)  # [K, d], [K, d, d]
+        self.eigvals, self.eigvecs = torch.linalg.eigh(covs) if eig is None else (vals, vecs)  # [K, d], [K, d, d]
         if (self.eigvals < 0).any():
             raise ValueError("every covariance must be positive semi-definite")
 
@@ -119,3 +124,25 @@ def random_mixture(dim: int, k: int, seed: int = 0, spread: float = 3.0,
     a = torch.randn(k, dim, dim, generator=g, dtype=torch.float64) / math.sqrt(dim)
     covs = scale ** 2 * (a @ a.transpose(1, 2) + 0.2 * torch.eye(dim, dtype=torch.float64))
     return GaussianMixture(weights / weights.sum(), means, covs)
+
+
+def random_rotation(dim: int, generator: torch.Generator) -> torch.Tensor:
+    """A Haar-random orthogonal matrix (QR of a Gaussian matrix with the signs of R's diagonal fixed)."""
+    q, r = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r)).unsqueeze(0)
+
+
+def image_like_mixture(dim: int = 64, k: int = 8, seed: int = 0, decades: float = 3.0,
+                       top_var: float = 0.05, spread: float = 0.3) -> GaussianMixture:
+    """k components whose covariances have an image-like spectrum: eigenvalues falling as a power law
+    l_j = top_var (j + 1)^(-a) over `decades` decades (a = decades / log10 dim), each in its own random
+    rotation; means N(0, spread^2 I). With the defaults the smallest variance is 5e-5, as for natural images
+    whose fine-scale variances lie below 1e-4 on a [-1, 1] scale."""
+    g = torch.Generator().manual_seed(seed)
+    a = decades / math.log10(dim)
+    spectrum = top_var * torch.arange(1, dim + 1, dtype=torch.float64) ** (-a)
+    vals = spectrum.flip(0).expand(k, dim).clone()  # ascending, as eigh returns them
+    vecs = torch.stack([random_rotation(dim, g) for _ in range(k)])
+    weights = torch.rand(k, generator=g, dtype=torch.float64) + 0.5
+    means = spread * torch.randn(k, dim, generator=g, dtype=torch.float64)
+    return GaussianMixture(weights / weights.sum(), means, eig=(vals, vecs))

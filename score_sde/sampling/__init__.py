@@ -14,3 +14,6 @@ from .registry import SAMPLERS, get_sampler, register_sampler, sampler_options  
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in ("registry", "common"):
         importlib.import_module(f"{__name__}.{_module.name}")
+
+from .optimize import optimize_schedule  # noqa: E402,F401
+from .schedules import SCHEDULES, load_schedule, save_schedule, sigma_schedule  # noqa: E402,F401

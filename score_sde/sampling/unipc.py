@@ -43,7 +43,7 @@ def coefficients(rks: List[float], h: float, variant: str):
 def solve_unipc(run: sigma_space.Run, x: torch.Tensor, sigmas: List[float], order: int = 3,
                 variant: str = "bh2", lower_order_final: bool = True) -> torch.Tensor:
     n = len(sigmas) - 1
-    lams = [-math.log(s) for s in sigmas[:-1]]
+    lams = [-math.log(s) if s > 0 else math.inf for s in sigmas]
     x0s: List[torch.Tensor] = [run.denoise(x, sigmas[0])]
     for i in run.steps(n):
         if sigmas[i + 1] == 0:                                  # final step: the last data prediction
