@@ -104,6 +104,7 @@ class GaussianMixture:
         def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             m, s = sde.discrete_marginal(sde.discrete_index(t.detach().cpu()))
             return self.score(x.cpu().reshape(x.shape[0], -1), m, s).to(x).reshape(x.shape)
+        fn.continuous = False  # rounds t to a level, like a discrete-level network
         return fn
 
 

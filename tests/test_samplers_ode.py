@@ -78,7 +78,9 @@ def test_error_falls_as_steps_rise(name, grid):
     errors = []
     for budget in grid:
         # sigma_max=None: start at sigma(T) as the reference does (the default starts at EDM's 80 from pure noise)
-        opts = {"rtol": budget, "atol": budget} if name == "ode" else {"steps": budget, "sigma_max": None}
+        opts = {"rtol": budget, "atol": budget} if name == "ode" else {"steps": budget, "sigma_max": None, "eps": 1e-3}
+        if name == "dpm_solver":  # end at eps without the denoising step, as the reference does
+            opts["denoise_to_zero"] = False
         x, _ = sampling.get_sampler(name, sde, (300, 2), dtype=torch.float64, **opts)(score, x_T=x_T)
         errors.append(float((x - ref).norm(dim=1).mean()))
     assert errors[0] > 2 * errors[1] > 4 * errors[2], errors
@@ -146,9 +148,11 @@ def test_sigma_space_solvers_track_gaussian_trajectory(sde_name, name, low, high
     t_end = 0.0 if name == "heun" else sde.sampling_eps   # heun ends at sigma = 0, dpm_solver at eps
     exact = pf_closed_form(sde, x_T, sde.T, t_end)
     errs = []
+    # end at eps (dpm_solver: without its final denoising step) to compare with the closed form there
+    extra = dict(eps=sde.sampling_eps, **({"denoise_to_zero": False} if name == "dpm_solver" else {}))
     for steps in (low, high):
-        x, _ = sampling.get_sampler(name, sde, x_T.shape, steps=steps, sigma_max=None, dtype=torch.float64)(
-            GAUSS.score_fn(sde), x_T=x_T)
+        x, _ = sampling.get_sampler(name, sde, x_T.shape, steps=steps, sigma_max=None, dtype=torch.float64,
+                                    **extra)(GAUSS.score_fn(sde), x_T=x_T)
         errs.append(float((x - exact).abs().max()))
     assert errs[1] < 2e-3 and errs[0] > 3.5 * errs[1], errs
 
@@ -176,16 +180,22 @@ def test_edm_sigmas_rho_inf_is_geometric_limit_of_eq5():
 
 
 def test_dpm_solver_denoise_to_zero_returns_data_prediction():
+    """Endpoint (issue 13): the last of the `steps` calls returns E[x0 | x] at the final level sigma_min = 0.002,
+    mu + m c^2 / (m^2 c^2 + s^2) (x - m mu); denoise_to_zero=False spends it on a solver step instead."""
     sde = sde_lib.VPSDE()
     x_T = x_T_for(sde)
-    x, nfe = sampling.get_sampler("dpm_solver", sde, x_T.shape, steps=30, dtype=torch.float64)(
-        GAUSS.score_fn(sde), x_T=x_T)
-    x0, nfe0 = sampling.get_sampler("dpm_solver", sde, x_T.shape, steps=30, denoise_to_zero=True,
-                                    dtype=torch.float64)(GAUSS.score_fn(sde), x_T=x_T)
-    m, s = coeffs(sde, sde.sampling_eps)
-    expected = MU + m * C ** 2 / (m ** 2 * C ** 2 + s ** 2) * (x.reshape(40, -1) - m * MU)
+    states = []
+    x0, nfe0 = sampling.get_sampler("dpm_solver", sde, x_T.shape, steps=30, dtype=torch.float64)(
+        GAUSS.score_fn(sde), x_T=x_T, callback=lambda **kw: states.append(kw))
+    assert states[-2]["t"] > 0 and states[-1]["t"] == 0.0
+    t_min = float(sde.t_from_sigma(torch.tensor([0.002], dtype=torch.float64))[0])
+    assert states[-2]["t"] == pytest.approx(t_min, rel=1e-9)
+    m, s = coeffs(sde, t_min)
+    expected = MU + m * C ** 2 / (m ** 2 * C ** 2 + s ** 2) * (states[-2]["x"].reshape(40, -1) - m * MU)
     torch.testing.assert_close(x0.reshape(40, -1), expected, rtol=0, atol=1e-10)
-    assert (nfe, nfe0) == (30, 31)
+    _, nfe = sampling.get_sampler("dpm_solver", sde, x_T.shape, steps=30, denoise_to_zero=False,
+                                  dtype=torch.float64)(GAUSS.score_fn(sde), x_T=x_T)
+    assert (nfe, nfe0) == (30, 30)
 
 
 @pytest.mark.parametrize("order", [1, 2, 3])
