@@ -69,8 +69,8 @@ def test_error_falls_as_steps_rise(name, grid):
     sde = sde_lib.VPSDE()
     x_T = sde.prior_sampling((300, 2), torch.Generator().manual_seed(5), dtype=torch.float64)
     score = RING.score_fn(sde)
-    ref, _ = sampling.get_sampler("ode", sde, (300, 2), solver="DOP853", rtol=1e-10, atol=1e-10,
-                                  dtype=torch.float64)(score, x_T=x_T)
+    ref, _ = sampling.get_sampler("ode", sde, (300, 2), solver="DOP853", rtol=1e-10, atol=1e-10, eps=1e-3,
+                                  noise_removal=False, dtype=torch.float64)(score, x_T=x_T)
     if name == "heun":  # heun ends at sigma = 0: compare after denoising the reference at eps
         ref = ref + sde.marginal_std(torch.tensor([1e-3], dtype=torch.float64)) ** 2 * score(
             ref, torch.full((300,), 1e-3, dtype=torch.float64))
@@ -78,7 +78,9 @@ def test_error_falls_as_steps_rise(name, grid):
     errors = []
     for budget in grid:
         # sigma_max=None: start at sigma(T) as the reference does (the default starts at EDM's 80 from pure noise)
-        opts = {"rtol": budget, "atol": budget} if name == "ode" else {"steps": budget, "sigma_max": None, "eps": 1e-3}
+        opts = ({"rtol": budget, "atol": budget, "noise_removal": False} if name == "ode"
+                else {"steps": budget, "sigma_max": None})
+        opts["eps"] = 1e-3
         if name == "dpm_solver":  # end at eps without the denoising step, as the reference does
             opts["denoise_to_zero"] = False
         x, _ = sampling.get_sampler(name, sde, (300, 2), dtype=torch.float64, **opts)(score, x_T=x_T)
@@ -118,7 +120,8 @@ def test_ode_tracks_gaussian_trajectory_and_encode_round_trips(sde_name, opts):
     sde = SDES[sde_name]()
     eps = sde.sampling_eps
     x_T = x_T_for(sde)
-    x, nfe = sampling.get_sampler("ode", sde, x_T.shape, dtype=torch.float64, **opts)(GAUSS.score_fn(sde), x_T=x_T)
+    x, nfe = sampling.get_sampler("ode", sde, x_T.shape, dtype=torch.float64, eps=eps, noise_removal=False,
+                                  **opts)(GAUSS.score_fn(sde), x_T=x_T)
     torch.testing.assert_close(x, pf_closed_form(sde, x_T, sde.T, eps), rtol=0, atol=1e-6)
     z, _ = ode_encode(sde, x, GAUSS.score_fn(sde), **opts)
     torch.testing.assert_close(z, x_T, rtol=0, atol=1e-5 * sde.prior_std)
@@ -128,8 +131,8 @@ def test_ode_noise_removal_is_tweedie():
     """The final denoising step gives E[x0 | x_eps] = mu + m c^2 / (m^2 c^2 + s^2) (x_eps - m mu)."""
     sde = sde_lib.VESDE(sigma_min=0.3)
     x_T = x_T_for(sde)
-    opts = dict(rtol=1e-9, atol=1e-9, dtype=torch.float64)
-    x, nfe = sampling.get_sampler("ode", sde, x_T.shape, **opts)(GAUSS.score_fn(sde), x_T=x_T)
+    opts = dict(rtol=1e-9, atol=1e-9, dtype=torch.float64, eps=sde.sampling_eps)
+    x, nfe = sampling.get_sampler("ode", sde, x_T.shape, noise_removal=False, **opts)(GAUSS.score_fn(sde), x_T=x_T)
     x0, nfe0 = sampling.get_sampler("ode", sde, x_T.shape, noise_removal=True, **opts)(GAUSS.score_fn(sde), x_T=x_T)
     m, s = coeffs(sde, sde.sampling_eps)
     flat = x.reshape(40, -1)
@@ -241,7 +244,7 @@ def test_ode_counts_every_score_call_and_calls_back():
     score = lambda x, t: (calls.append(1), GAUSS.score_fn(sde)(x, t))[1]
     _, nfe = sampling.get_sampler("ode", sde, (5, 6), rtol=1e-3, atol=1e-3)(score, torch.Generator().manual_seed(0),
                                                                             callback=rec)
-    assert nfe == len(calls) == len(rec.calls) > 10
+    assert nfe == len(calls) == len(rec.calls) + 1 > 10  # + the final denoising call (noise_removal=True)
 
 
 @pytest.mark.parametrize("name", ["ode", "heun", "dpm_solver"])
@@ -295,7 +298,7 @@ def test_other_scipy_methods_track_gaussian_trajectory(solver):
     x_T = sde.prior_sampling((4, 6), torch.Generator().manual_seed(3), dtype=torch.float64)
     calls = []
     score = lambda x, t: (calls.append(1), GAUSS.score_fn(sde)(x, t))[1]
-    x, nfe = sampling.get_sampler("ode", sde, x_T.shape, solver=solver, rtol=1e-6, atol=1e-6,
-                                  dtype=torch.float64)(score, x_T=x_T)
+    x, nfe = sampling.get_sampler("ode", sde, x_T.shape, solver=solver, rtol=1e-6, atol=1e-6, eps=sde.sampling_eps,
+                                  noise_removal=False, dtype=torch.float64)(score, x_T=x_T)
     assert nfe == len(calls)
     torch.testing.assert_close(x, pf_closed_form(sde, x_T, sde.T, sde.sampling_eps), rtol=0, atol=1e-4)

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from ..utils import batch_broadcast
-from .common import Callback, CountingScore, ScoreFn, batch_time, check_positive_int, initial_state
+from .common import (Callback, CountingScore, ScoreFn, batch_time, check_continuous, check_positive_int, end_time,
+                     initial_state)
 from .registry import register_sampler
 
 SCIPY_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
@@ -151,21 +152,24 @@ def resolve_eps(sde, eps: Optional[float]) -> float:
 @register_sampler("ode")
 def ode_sampler(sde, shape: Sequence[int], *, solver: str = "RK45", backend: str = "scipy",
                 rtol: float = 1e-5, atol: float = 1e-5, steps: Optional[int] = None,
-                noise_removal: bool = False, eps: Optional[float] = None, device=None,
+                noise_removal: bool = True, eps: Optional[float] = None, device=None,
                 dtype: torch.dtype = torch.float32, progress: bool = False) -> Callable:
     """Probability-flow ODE sampler: solve eq. 13 from T to eps with a black-box solver.
 
     solver/backend: scipy ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA") or torchdiffeq (adaptive
     "dopri5", "bosh3", ... with rtol/atol; fixed-grid "euler", "midpoint", "rk4", ... with `steps`).
-    noise_removal: one final Tweedie step x0 = (x + s^2 score)/m at eps (one more NFE).
+    eps: the final time; None: t(max(0.002, sigma(0))), EDM's endpoint (issue 13), where VP's sigma is 0.002.
+    noise_removal: one final Tweedie step x0 = (x + s^2 score)/m at eps (one more NFE; default on: the
+    sample then carries no leftover noise).
     The callback is called at every drift evaluation (rejected trial steps included) with the
     evaluation's x, t and denoised estimate x0.
     """
     check_solver(backend, solver, rtol, atol, steps)
-    eps = resolve_eps(sde, eps)
+    eps = end_time(sde, eps)
 
     def sampler(score_fn: ScoreFn, generator: Optional[torch.Generator] = None,
                 x_T: Optional[torch.Tensor] = None, callback: Callback = None) -> Tuple[torch.Tensor, int]:
+        check_continuous(score_fn, "ode")
         counted = CountingScore(score_fn)
         x = initial_state(sde, shape, x_T, generator, device=device, dtype=dtype)
         watcher = _Watcher(sde, callback, progress, "ode")
