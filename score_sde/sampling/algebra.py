@@ -15,6 +15,8 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from .common import resolve_eps  # noqa: F401  (re-exported: eps handling lives in common)
+
 SKIP_TYPES = ("uniform", "quadratic")
 
 
@@ -35,15 +37,6 @@ def check_bool(name: str, value: bool) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be True or False, got {value!r}")
     return value
-
-
-def resolve_eps(sde, eps: Optional[float]) -> float:
-    """eps=None means sde.sampling_eps; otherwise it must lie in (0, T)."""
-    if eps is None:
-        return float(sde.sampling_eps)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < sde.T:
-        raise ValueError(f"eps must be a number in (0, T={sde.T}), got {eps!r}; None uses sde.sampling_eps")
-    return float(eps)
 
 
 def resolve_steps(sde, steps: Optional[int]) -> int:

@@ -90,7 +90,16 @@ def check_positive_int(name: str, value: int) -> int:
     return value
 
 
-# ----------------------------------------------------------------------------- the endpoint
+# ----------------------------------------------------------------------------- eps and the endpoint
+def resolve_eps(sde, eps: Optional[float]) -> float:
+    """eps=None means sde.sampling_eps; otherwise it must lie in (0, T)."""
+    if eps is None:
+        return float(sde.sampling_eps)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < sde.T:
+        raise ValueError(f"eps must be a number in (0, T={sde.T}), got {eps!r}; None uses sde.sampling_eps")
+    return float(eps)
+
+
 # EDM's smallest noise level (Karras et al. 2022, sec. 5 and table 1): VP and sub-VP reach sigma = 0 only at
 # t = 0, where a network's score is undefined; stopping at 0.002 and returning the denoised estimate there
 # leaves a bias of order sigma_min^2 on the data variances, below 1e-5.

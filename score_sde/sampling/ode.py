@@ -17,7 +17,7 @@ import torch
 
 from ..utils import batch_broadcast
 from .common import (Callback, CountingScore, ScoreFn, batch_time, check_continuous, check_positive_int, end_time,
-                     initial_state)
+                     initial_state, resolve_eps)
 from .registry import register_sampler
 
 SCIPY_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
@@ -140,13 +140,6 @@ def _solve_pf(sde, x: torch.Tensor, score_fn: CountingScore, t0: float, t1: floa
     finally:
         watcher.close()
     return out
-
-
-def resolve_eps(sde, eps: Optional[float]) -> float:
-    eps = sde.sampling_eps if eps is None else float(eps)
-    if not 0 < eps < sde.T:
-        raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}; None uses sde.sampling_eps")
-    return eps
 
 
 @register_sampler("ode")
