@@ -149,3 +149,27 @@ def test_bad_options_raise(name, options, fragment):
 def test_kdiffusion_aliases_are_the_same_factories():
     for name in ["euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde"]:
         assert sampling.SAMPLERS["sample_" + name] is sampling.SAMPLERS[name]
+
+
+def test_image_like_mixture_has_a_power_law_spectrum_in_random_rotations():
+    g = toy.image_like_mixture(16, k=3, seed=0, decades=3.0, top_var=0.05)
+    spectrum = torch.linalg.eigvalsh(g.covs)                     # from the assembled covariances
+    torch.testing.assert_close(spectrum[:, -1], torch.full((3,), 0.05, dtype=torch.float64))
+    torch.testing.assert_close(spectrum[:, 0], torch.full((3,), 0.05e-3, dtype=torch.float64))
+    assert not torch.allclose(g.covs[0], g.covs[1])              # each component has its own rotation
+    x = g.sample(20000, torch.Generator().manual_seed(0))
+    assert abs(float(x.mean(0).sub(g.weights @ g.means).abs().max())) < 0.02
+
+
+def test_recommended_sampler_is_exact_on_image_like_64d_at_20_nfe():
+    """Issue 13's target for the recommended default (dpmpp_2m, steps=20) with the exact score, VP."""
+    g, sde, n = toy.image_like_mixture(64, 8, seed=0), sde_lib.VPSDE(), 2000
+    x, nfe = sampling.get_sampler("dpmpp_2m", sde, (n, 64), steps=20)(g.score_fn(sde), torch.Generator().manual_seed(0))
+    ref = g.log_prob(g.sample(n, torch.Generator().manual_seed(1)))
+    lp = g.log_prob(x.double())
+    delta, se = float(lp.mean() - ref.mean()), float((lp.var() / n + ref.var() / n).sqrt())
+    assert nfe == 20 and abs(delta) < 3 * se, (delta, se)
+    # the old endpoint (stop at t = 1e-3, sigma ~ 0.01, keep the noise) is far off on the same draws
+    z, _ = sampling.get_sampler("dpm_solver", sde, (n, 64), steps=20, order=2, eps=1e-3, denoise_to_zero=False)(
+        g.score_fn(sde), torch.Generator().manual_seed(0))
+    assert float(g.log_prob(z.double()).mean() - ref.mean()) < -10 * se
