@@ -50,8 +50,11 @@ class GaussianMixture:
         """n exact draws from p_0, float64 [n, d]."""
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, dtype=torch.float64, generator=generator)
-        root = self.eigvecs[k] * self.eigvals[k].clamp(min=0).sqrt().unsqueeze(1)  # U diag(sqrt l)
-        return self.means[k] + torch.einsum("nij,nj->ni", root, z)
+        x = self.means[k].clone()
+        for j in range(self.num_components):  # per component: memory n d, not n d^2
+            rows = k == j
+            x[rows] += (z[rows] * self.eigvals[j].clamp(min=0).sqrt()) @ self.eigvecs[j].T  # U diag(sqrt l) z
+        return x
 
     # --- densities and scores of the marginal at (m, s) -----------------------------------------
     def _components(self, x: torch.Tensor, m: Scalar, s: Scalar):
