@@ -23,6 +23,7 @@ import argparse
 import math
 import os
 import platform
+import re
 import sys
 import time
 from typing import Dict, List
@@ -50,7 +51,7 @@ SSPT = {
     "sspt euler_maruyama N=1000": ("pc", {"predictor": "euler_maruyama", "corrector": "none", "steps": 1000,
                                            "eps": 1e-3}),
     "sspt pc rev.diff.+langevin N=1000": ("pc", {"steps": 1000, "eps": 1e-3}),
-    "ode RK45 1e-5 (new endpoint)": ("ode", {}),
+    "ode RK45 1e-5": ("ode", {}),
 }
 
 
@@ -98,8 +99,11 @@ def main() -> None:
     parser.add_argument("--samplers", nargs="+", default=list(FAST), help=f"labels from {list(FAST)}")
     parser.add_argument("--sspt", action="store_true", help="add score_sde_pytorch's best settings (1000-2000 NFE)")
     parser.add_argument("--plot", default=None, help="write a PNG of dlogp vs NFE (needs matplotlib)")
+    parser.add_argument("--replot", default=None, help="only redraw --plot from a saved output of this script")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    if args.replot:
+        return plot(parse(args.replot), args.plot or "bench/samplers_fast.png")
     torch.set_num_threads(args.threads)
     sde = sde_lib.VPSDE()
     print(f"# exact-score samplers, VP: n={args.n}, torch {torch.__version__}, {platform.machine()}, "
@@ -125,25 +129,39 @@ def main() -> None:
         plot(rows, args.plot)
 
 
+def parse(path: str) -> List[dict]:
+    """Rows back from this script's printed tables."""
+    rows, prob = [], None
+    for line in open(path):
+        head = re.match(r"## (\w+), seed (\d+)", line)
+        if head:
+            prob = head.group(1)
+        row = re.match(r"\| (.+?) \| (\d+) \| ([+-][\d.]+) ± ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", line)
+        if row and prob:
+            rows.append({"problem": prob, "label": row.group(1), "nfe": int(row.group(2)), "dlogp": float(row.group(3)),
+                         "se": float(row.group(4)), "tv": float(row.group(5)), "seconds": float(row.group(6))})
+    return rows
+
+
 def plot(rows: List[dict], path: str) -> None:
     import matplotlib  # optional, bench only
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     probs = sorted({r["problem"] for r in rows})
-    fig, axes = plt.subplots(1, len(probs), figsize=(6 * len(probs), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(probs), figsize=(6.5 * len(probs), 5), squeeze=False)
     for ax, prob in zip(axes[0], probs):
-        for label in sorted({r["label"] for r in rows if r["problem"] == prob}):
+        for j, label in enumerate(sorted({r["label"] for r in rows if r["problem"] == prob})):
             pts: Dict[int, List[float]] = {}
             for r in rows:
                 if r["problem"] == prob and r["label"] == label and math.isfinite(r["dlogp"]):
                     pts.setdefault(r["nfe"], []).append(abs(r["dlogp"]))
             if pts:
                 nfes = sorted(pts)
-                ax.plot(nfes, [sum(pts[k]) / len(pts[k]) for k in nfes], "o-", label=label)
-        se = [r["se"] for r in rows if r["problem"] == prob and math.isfinite(r["se"])]
+                ax.plot(nfes, [sum(pts[k]) / len(pts[k]) for k in nfes], "osv^Dp*"[j % 7] + "-", label=label)
+        se = sorted(r["se"] for r in rows if r["problem"] == prob and math.isfinite(r["se"]))
         if se:
-            ax.axhline(3 * sum(se) / len(se), color="k", ls="--", lw=0.8, label="3 se")
+            ax.axhline(3 * se[len(se) // 2], color="k", ls="--", lw=0.8, label="3 se (median)")
         ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel="|dlogp| (nats, mean over seeds)", title=prob)
         ax.legend(fontsize=6)
     fig.tight_layout()
