@@ -40,7 +40,7 @@ def coefficients(rks: List[float], h: float, variant: str):
     return B, R, torch.tensor(g, dtype=torch.float64)
 
 
-def solve_unipc(run: sigma_space.Run, x: torch.Tensor, sigmas: List[float], order: int = 3,
+def solve_unipc(run: sigma_space.Run, x: torch.Tensor, sigmas: List[float], order: int = 2,
                 variant: str = "bh2", lower_order_final: bool = True) -> torch.Tensor:
     n = len(sigmas) - 1
     lams = [-math.log(s) if s > 0 else math.inf for s in sigmas]
