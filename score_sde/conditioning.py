@@ -143,9 +143,15 @@ def _channel_basis(M: torch.Tensor) -> _Basis:
 
 
 # ----------------------------------------------------------------------------- the particle filter
-def _grid(sde, steps: Optional[int], eps: Optional[float]):
+def _grid(sde, steps: Optional[int], eps: Optional[float], spacing: str = "uniform"):
+    """steps + 1 times from T down to eps: uniform in t, or EDM's sigma spacing (Karras et al. 2022, eq. 5, rho 7)."""
     n = common.check_positive_int("steps", sde.N if steps is None else steps)
-    return [float(t) for t in common.uniform_times(sde.T, algebra.resolve_eps(sde, eps), n)]
+    eps = algebra.resolve_eps(sde, eps)
+    if algebra.check_choice("spacing", spacing, ("uniform", "edm")) == "uniform":
+        return [float(t) for t in common.uniform_times(sde.T, eps, n)]
+    ends = sde.sigma(torch.tensor([eps, sde.T], dtype=torch.float64))
+    times = sde.t_from_sigma(common.edm_sigmas(float(ends[0]), float(ends[1]), n + 1))
+    return [sde.T] + [float(t) for t in times[1:-1]] + [eps]
 
 
 def _ms(sde, t: float) -> Tuple[float, float]:
@@ -162,7 +168,7 @@ def _systematic(probs: torch.Tensor, generator) -> torch.Tensor:
 
 def _smc(sde, score_fn: ScoreFn, y: torch.Tensor, mask: torch.Tensor, obs_var: torch.Tensor, generator,
          particles: int = 16, steps: Optional[int] = None, eps: Optional[float] = None,
-         resample_threshold: float = 0.5) -> Tuple[torch.Tensor, int]:
+         resample_threshold: float = 0.5, spacing: str = "edm") -> Tuple[torch.Tensor, int]:
     """Filter p(x_0 | y) for coordinate observations u = y + N(0, obs_var) of u = x_0 (obs_var = 0: exact).
 
     In VE units u_t = x_t / m(t) = x_0 + sigma(t) z, an observed coordinate's path is u_t = y + N(0, sigma(t)^2 -
@@ -171,7 +177,7 @@ def _smc(sde, score_fn: ScoreFn, y: torch.Tensor, mask: torch.Tensor, obs_var: t
     K = common.check_positive_int("particles", particles)
     if not 0 <= resample_threshold <= 1:
         raise ValueError(f"resample_threshold must lie in [0, 1] (a fraction of particles), got {resample_threshold}")
-    times, B, shape = _grid(sde, steps, eps), y.shape[0], y.shape[1:]
+    times, B, shape = _with_noise_levels(sde, _grid(sde, steps, eps, spacing), obs_var), y.shape[0], y.shape[1:]
     score_fn = common.CountingScore(score_fn)
     rep = lambda v: v.repeat_interleave(K, dim=0)  # noqa: E731  [B, ...] -> [B*K, ...], particles of a row adjacent
     mask_b = mask.bool()
@@ -193,21 +199,32 @@ def _smc(sde, score_fn: ScoreFn, y: torch.Tensor, mask: torch.Tensor, obs_var: t
         var_next = tilde(t_next)
         # observed path one step down: Brownian bridge from (var_u, u) to (0, y)
         ratio = (var_next / var_u.clamp(min=1e-300)).clamp(0, 1)
-        u = torch.where(var_next > 0, y + ratio * (u - y) + (var_next * (1 - ratio)).clamp(min=0).sqrt()
+        u = torch.where(var_next >= 0, y + ratio * (u - y) + (var_next * (1 - ratio)).clamp(min=0).sqrt()
                         * randn_like(y, generator), u)
-        observed = rep(mask_b & (var_next > 0))
+        observed = rep(mask_b & (var_next >= -1e-9 * obs_var))  # still observed at t' (exactly y when = 0)
         x_obs = rep(_ms(sde, t_next)[0] * u)
-        x = torch.where(observed, x_obs, mean + beta ** 0.5 * randn_like(x, generator))
         resid = torch.where(observed, x_obs - mean, torch.zeros_like(mean))
         logw = logw - 0.5 * resid.reshape(B, K, -1).double().pow(2).sum(-1) / beta  # log N(y_t'; mean, beta)
+        # the weight depends on x_t only: resample parents before drawing children (fully adapted filter)
+        logw, mean = _maybe_resample(logw, mean, resample_threshold, generator)
+        x = torch.where(observed, x_obs, mean + beta ** 0.5 * randn_like(x, generator))
         var_u = var_next
-        logw, x = _maybe_resample(logw, x, resample_threshold, generator)
     m, s = _ms(sde, times[-1])
     x0 = algebra.tweedie(x, score_fn(x, common.batch_time(times[-1], x)), m, s)  # final denoising (noise removal)
     x0 = torch.where(rep(mask_b & (obs_var == 0)), rep(y), x0)
     probs = torch.softmax(logw, 1)
     pick = torch.searchsorted(probs.cumsum(1), rand_like(probs[:, :1], generator)).clamp(max=K - 1).squeeze(1)
     return x0.reshape(B, K, *shape)[torch.arange(B, device=y.device), pick.to(y.device)], score_fn.nfe
+
+
+def _with_noise_levels(sde, times: list, obs_var: torch.Tensor, most: int = 64) -> list:
+    """Add the times where sigma(t)^2 equals a noisy observation's variance, so each noisy coordinate is last
+    observed exactly where its path is pinned at y (up to `most` distinct levels; beyond, the nearest grid time)."""
+    levels = torch.unique(obs_var[obs_var > 0].double().cpu())
+    if levels.numel() == 0 or levels.numel() > most:
+        return times
+    taus = [float(t) for t in sde.t_from_sigma(levels.sqrt()) if times[-1] < float(t) < times[0]]
+    return sorted(set(times) | set(taus), reverse=True)
 
 
 def _maybe_resample(logw: torch.Tensor, x: torch.Tensor, threshold: float, generator):
@@ -265,7 +282,7 @@ def _solve(sde, score_fn: ScoreFn, w_obs: torch.Tensor, mask: torch.Tensor, basi
 
 
 def _check_options(method: str, options: dict) -> None:
-    valid = {"smc": ("particles", "steps", "eps", "resample_threshold"),
+    valid = {"smc": ("particles", "steps", "eps", "resample_threshold", "spacing"),
              "pc": ("predictor", "corrector", "snr", "n_steps_each", "steps", "eps")}.get(method)
     if valid is None:
         raise ValueError(f"unknown inpainting method {method!r}; choose one of {list(METHODS)}")

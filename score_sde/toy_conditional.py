@@ -63,10 +63,11 @@ class LabelledMixture:
 
 
 def _psd(c: torch.Tensor) -> torch.Tensor:
-    """Symmetrize and clip round-off negative eigenvalues (exact conditioning can leave -1e-17)."""
+    """Symmetrize and lift round-off eigenvalues (exact conditioning leaves ~ -1e-17) to 1e-12 of the largest."""
     c = 0.5 * (c + c.transpose(-1, -2))
     lam, u = torch.linalg.eigh(c)
-    return (u * lam.clamp(min=0).unsqueeze(-2)) @ u.transpose(-1, -2)
+    floor = 1e-12 * lam.amax(-1, keepdim=True).clamp(min=1e-300)
+    return (u * torch.maximum(lam, floor).unsqueeze(-2)) @ u.transpose(-1, -2)
 
 
 def linear_posterior(mixture: GaussianMixture, A: torch.Tensor, y: torch.Tensor,
