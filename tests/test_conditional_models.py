@@ -33,7 +33,7 @@ ARCHS = {  # name -> (class, config, x, noise labels)
 
 def differs(a, b):
     """Relative difference well above round-off (the U-Nets' zero-initialised heads make outputs tiny)."""
-    return float((a - b).abs().max()) > 1e-3 * float(b.abs().max())
+    return float((a - b).detach().abs().max()) > 1e-3 * float(b.detach().abs().max())
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
