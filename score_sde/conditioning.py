@@ -67,14 +67,15 @@ def classifier_guidance(score_fn: ScoreFn, log_prob_fn: LogProbFn, label: Label,
         raise ValueError(f"scale must be a finite number (1 follows Bayes' rule), got {scale!r}")
 
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        outer = x.requires_grad  # a caller differentiating through the score (likelihood traces) keeps the graph
         with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
+            xg = x if outer else x.detach().requires_grad_(True)
             logp = log_prob_fn(xg, t)
             if logp.dim() != 2 or logp.shape[0] != x.shape[0]:
                 raise ValueError(f"log_prob_fn must return [batch, classes] = [{x.shape[0]}, C], "
                                  f"got {tuple(logp.shape)}")
             labels = _label_vector(label, x, logp.shape[1])
-            (grad,) = torch.autograd.grad(logp.gather(1, labels[:, None]).sum(), xg)
+            (grad,) = torch.autograd.grad(logp.gather(1, labels[:, None]).sum(), xg, create_graph=outer)
         return score_fn(x, t) + scale * grad.to(x.dtype)
     return guided
 

@@ -12,7 +12,7 @@ unobserved coordinates alone is `inpainting_posterior`.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -121,8 +121,7 @@ def mean_responsibilities(mixture: GaussianMixture, x: torch.Tensor) -> torch.Te
     return torch.softmax(log_n + torch.log(mixture.weights), dim=1).mean(0)
 
 
-def dlogp(mixture: GaussianMixture, x: torch.Tensor, reference: torch.Tensor,
-          generator: Optional[torch.Generator] = None):
+def dlogp(mixture: GaussianMixture, x: torch.Tensor, reference: torch.Tensor):
     """(mean log p(x) - mean log p(reference), its standard error): the oracle's bias statistic (DESIGN §5)."""
     a, b = mixture.log_prob(x.double()), mixture.log_prob(reference.double())
     se = math.sqrt(float(a.var()) / a.numel() + float(b.var()) / b.numel())

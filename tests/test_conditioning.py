@@ -55,6 +55,17 @@ def test_exact_classifier_guidance_is_the_class_score(lm2):
     torch.testing.assert_close(guided(x, t), expect, rtol=1e-8, atol=1e-10)
 
 
+def test_guided_score_is_differentiable_for_likelihood_traces(lm2):
+    """Callers that differentiate the score in x (exact divergence) get the class score's Jacobian."""
+    sde = sde_lib.VPSDE()
+    guided = conditioning.classifier_guidance(lm2.mixture.score_fn(sde), lm2.classifier_fn(sde), 2)
+    x, t = lm2.mixture.sample(3, torch.Generator().manual_seed(4)), torch.full((3,), 0.2, dtype=D64)
+    m, s = sde.mean_coeff(t), sde.marginal_std(t)
+    jac = torch.autograd.functional.jacobian(lambda z: guided(z, t).sum(0), x)
+    ref = torch.autograd.functional.jacobian(lambda z: lm2.class_mixture(2).score(z, m, s).sum(0), x)
+    torch.testing.assert_close(jac, ref, rtol=1e-7, atol=1e-9)
+
+
 def test_guided_sampler_reproduces_the_class_conditional(lm2):
     """Any sampler accepts the guided score: PC sampling of p(x | c=1) matches exact draws of p(x | c=1)."""
     sde = sde_lib.VPSDE(N=1000)
