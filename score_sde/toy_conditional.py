@@ -126,3 +126,17 @@ def dlogp(mixture: GaussianMixture, x: torch.Tensor, reference: torch.Tensor):
     a, b = mixture.log_prob(x.double()), mixture.log_prob(reference.double())
     se = math.sqrt(float(a.var()) / a.numel() + float(b.var()) / b.numel())
     return float(a.mean() - b.mean()), se
+
+
+def shared_time_score_fn(mixture: GaussianMixture, sde: SDE) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """GaussianMixture.score_fn for batches whose rows share one time (as samplers call it): one (m, s) per
+    call instead of one per row, several times faster on large particle batches; falls back otherwise."""
+    general = mixture.score_fn(sde)
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if not bool((t == t[0]).all()):
+            return general(x, t)
+        td = t[:1].detach().double().cpu()
+        m, s = float(sde.mean_coeff(td)), float(sde.marginal_std(td))
+        return mixture.score(x.cpu().reshape(x.shape[0], -1), m, s).to(x).reshape(x.shape)
+    return fn

@@ -66,11 +66,12 @@ def test_guided_score_is_differentiable_for_likelihood_traces(lm2):
     torch.testing.assert_close(jac, ref, rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_guided_sampler_reproduces_the_class_conditional(lm2):
     """Any sampler accepts the guided score: PC sampling of p(x | c=1) matches exact draws of p(x | c=1)."""
     sde = sde_lib.VPSDE(N=1000)
     c = 1
-    guided = conditioning.classifier_guidance(lm2.mixture.score_fn(sde), lm2.classifier_fn(sde), c)
+    guided = conditioning.classifier_guidance(tc.shared_time_score_fn(lm2.mixture, sde), lm2.classifier_fn(sde), c)
     sampler = sampling.get_sampler("pc", sde, (3000, 2), predictor="reverse_diffusion", corrector="none",
                                    steps=200, dtype=D64)
     x, _ = sampler(guided, generator=torch.Generator().manual_seed(0))
@@ -111,6 +112,7 @@ def test_guidance_rejects_bad_labels(lm2):
             conditioning.classifier_guidance(lm2.mixture.score_fn(sde), lm2.classifier_fn(sde), bad)(x, t)
 
 
+@pytest.mark.slow
 # ----------------------------------------------------------------------------- inpainting
 @pytest.mark.parametrize("dim,observed,sde,steps", [
     (2, [True, False], sde_lib.VPSDE(N=1000), 100),
@@ -124,7 +126,8 @@ def test_smc_inpainting_reproduces_the_exact_posterior(dim, observed, sde, steps
     assert (post.weights > 0.05).sum() >= 3  # several components stay plausible
     B = 1000
     y, mask = y0.expand(B, dim).clone(), obs.to(D64).expand(B, dim)
-    x, nfe = conditioning.inpaint(sde, mix.score_fn(sde), y, mask, generator=torch.Generator().manual_seed(0),
+    score = tc.shared_time_score_fn(mix, sde)
+    x, nfe = conditioning.inpaint(sde, score, y, mask, generator=torch.Generator().manual_seed(0),
                                   particles=16 if steps > 100 else 32, steps=steps)
     assert nfe == steps + 1
     assert torch.equal(x[:, obs], y[:, obs])
@@ -141,7 +144,8 @@ def test_replacement_pc_inpainter_is_biased_where_smc_is_not(lm2):
     post = tc.inpainting_posterior(mix, obs, y0)
     B = 2000
     y, mask = y0.expand(B, 2).clone(), obs.to(D64).expand(B, 2)
-    x, nfe = conditioning.inpaint(sde, mix.score_fn(sde), y, mask, generator=torch.Generator().manual_seed(0),
+    score = tc.shared_time_score_fn(mix, sde)
+    x, nfe = conditioning.inpaint(sde, score, y, mask, generator=torch.Generator().manual_seed(0),
                                   method="pc", steps=200)
     assert nfe == 400 and torch.equal(x[:, 0], y[:, 0])
     _, _, err = posterior_errors(post, x[:, ~obs])
@@ -163,6 +167,7 @@ def test_inpaint_rejects_bad_inputs(lm2):
         conditioning.inpaint(sde, score, y, torch.ones(4, 2, dtype=D64), particles=0)
 
 
+@pytest.mark.slow
 # ----------------------------------------------------------------------------- colorization, linear measurements
 def test_colorize_keeps_the_grey_level_and_samples_the_posterior(lm3):
     """A 1x1 RGB 'image' from a 3-D mixture: the colour posterior given the channel mean is exact."""
@@ -170,7 +175,8 @@ def test_colorize_keeps_the_grey_level_and_samples_the_posterior(lm3):
     grey = float(mix.means[:, :].mean(1)[1])
     B = 1200
     gray = torch.full((B, 1, 1, 1), grey, dtype=D64)
-    score = lambda x, t: mix.score_fn(sde)(x.reshape(x.shape[0], 3), t).reshape(x.shape)  # noqa: E731
+    flat = tc.shared_time_score_fn(mix, sde)
+    score = lambda x, t: flat(x.reshape(x.shape[0], 3), t).reshape(x.shape)  # noqa: E731
     x, _ = conditioning.colorize(sde, score, gray, generator=torch.Generator().manual_seed(0), particles=16, steps=150)
     torch.testing.assert_close(x.mean(1, keepdim=True), gray, rtol=0, atol=1e-12)
     A = torch.full((1, 3), 1 / 3, dtype=D64)
@@ -181,19 +187,21 @@ def test_colorize_keeps_the_grey_level_and_samples_the_posterior(lm3):
     assert err < 0.03, err
 
 
+@pytest.mark.slow
 def test_noisy_linear_measurement_posterior(lm3):
     sde, mix = sde_lib.VPSDE(N=1000), lm3.mixture
     A = torch.tensor([[0.8, -0.5, 0.3]], dtype=D64)
     y0 = A @ mix.means[2]
     post = tc.linear_posterior(mix, A, y0, noise_std=0.3)
     B = 800
-    x, _ = conditioning.linear_inverse(sde, mix.score_fn(sde), A, y0.expand(B, 1), (B, 3), noise_std=0.3,
+    score = tc.shared_time_score_fn(mix, sde)
+    x, _ = conditioning.linear_inverse(sde, score, A, y0.expand(B, 1), (B, 3), noise_std=0.3,
                                        generator=torch.Generator().manual_seed(0), particles=16, steps=200)
     d, se, err = posterior_errors(post, x)
     # 0.05: the ancestral reverse kernel's own discretization bias at 200 steps (unconditional: ~0.05, bench)
     assert abs(d) < 3 * se + 0.05, (d, se)
     assert err < 0.03, err
     with pytest.raises(ValueError, match="A"):
-        conditioning.linear_inverse(sde, mix.score_fn(sde), A, y0.expand(B, 2), (B, 3))
+        conditioning.linear_inverse(sde, score, A, y0.expand(B, 2), (B, 3))
     with pytest.raises(ValueError, match="noisy"):
-        conditioning.linear_inverse(sde, mix.score_fn(sde), A, y0.expand(B, 1), (B, 3), noise_std=0.3, method="pc")
+        conditioning.linear_inverse(sde, score, A, y0.expand(B, 1), (B, 3), noise_std=0.3, method="pc")
