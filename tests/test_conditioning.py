@@ -112,8 +112,8 @@ def test_guidance_rejects_bad_labels(lm2):
             conditioning.classifier_guidance(lm2.mixture.score_fn(sde), lm2.classifier_fn(sde), bad)(x, t)
 
 
-@pytest.mark.slow
 # ----------------------------------------------------------------------------- inpainting
+@pytest.mark.slow
 @pytest.mark.parametrize("dim,observed,sde,steps", [
     (2, [True, False], sde_lib.VPSDE(N=1000), 100),
     (3, [True, True, False], sde_lib.VESDE(sigma_min=0.01, sigma_max=20.0, N=1000), 150),
@@ -167,8 +167,8 @@ def test_inpaint_rejects_bad_inputs(lm2):
         conditioning.inpaint(sde, score, y, torch.ones(4, 2, dtype=D64), particles=0)
 
 
-@pytest.mark.slow
 # ----------------------------------------------------------------------------- colorization, linear measurements
+@pytest.mark.slow
 def test_colorize_keeps_the_grey_level_and_samples_the_posterior(lm3):
     """A 1x1 RGB 'image' from a 3-D mixture: the colour posterior given the channel mean is exact."""
     sde, mix = sde_lib.VPSDE(N=1000), lm3.mixture
