@@ -169,13 +169,15 @@ def _systematic(probs: torch.Tensor, generator) -> torch.Tensor:
 
 def _smc(sde, score_fn: ScoreFn, y: torch.Tensor, mask: torch.Tensor, obs_var: torch.Tensor, generator,
          particles: int = 16, steps: Optional[int] = None, eps: Optional[float] = None,
-         resample_threshold: float = 0.5, spacing: str = "edm") -> Tuple[torch.Tensor, int]:
+         resample_threshold: float = 0.5, spacing: str = "edm", variance: str = "beta_tilde"
+         ) -> Tuple[torch.Tensor, int]:
     """Filter p(x_0 | y) for coordinate observations u = y + N(0, obs_var) of u = x_0 (obs_var = 0: exact).
 
     In VE units u_t = x_t / m(t) = x_0 + sigma(t) z, an observed coordinate's path is u_t = y + N(0, sigma(t)^2 -
     obs_var): observed while sigma(t)^2 > obs_var, then hidden. Sampled top-down as a Brownian bridge pinned at y.
     """
     K = common.check_positive_int("particles", particles)
+    algebra.check_choice("variance", variance, ("beta_tilde", "beta"))
     if not 0 <= resample_threshold <= 1:
         raise ValueError(f"resample_threshold must lie in [0, 1] (a fraction of particles), got {resample_threshold}")
     times, B, shape = _with_noise_levels(sde, _grid(sde, steps, eps, spacing), obs_var), y.shape[0], y.shape[1:]
@@ -195,7 +197,8 @@ def _smc(sde, score_fn: ScoreFn, y: torch.Tensor, mask: torch.Tensor, obs_var: t
     logw = torch.zeros(B, K, dtype=torch.float64, device=y.device)
     for t, t_next in zip(times[:-1], times[1:]):
         a, v, s, s_next = pc._coeffs(sde, t, t_next)
-        beta = v * s_next ** 2 / s ** 2                               # reverse-kernel variance (Ho et al. eq. 7)
+        # reverse-kernel variance: the posterior's beta_tilde (Ho et al. eq. 7) or the forward step's v
+        beta = v * s_next ** 2 / s ** 2 if variance == "beta_tilde" else v
         mean = algebra.ancestral_mean(x, score_fn(x, common.batch_time(t, x)), a, v)  # eq. 47
         var_next = tilde(t_next)
         on = var_next >= -1e-9 * obs_var  # still observed at t' (round-off at a noise level's own time: u = y)
@@ -284,7 +287,7 @@ def _solve(sde, score_fn: ScoreFn, w_obs: torch.Tensor, mask: torch.Tensor, basi
 
 
 def _check_options(method: str, options: dict) -> None:
-    valid = {"smc": ("particles", "steps", "eps", "resample_threshold", "spacing"),
+    valid = {"smc": ("particles", "steps", "eps", "resample_threshold", "spacing", "variance"),
              "pc": ("predictor", "corrector", "snr", "n_steps_each", "steps", "eps")}.get(method)
     if valid is None:
         raise ValueError(f"unknown inpainting method {method!r}; choose one of {list(METHODS)}")
@@ -312,6 +315,32 @@ def inpaint(sde, score_fn: ScoreFn, y: torch.Tensor, mask: torch.Tensor, generat
         raise ValueError("mask must hold only 0 (unknown) and 1 (observed)")
     x, nfe = _solve(sde, score_fn, y, mask, _IDENTITY, generator, method, **options)
     return torch.where(mask.bool(), y, x), nfe
+
+
+MASKS = ("half", "box", "random")
+
+
+def make_mask(kind: str, shape, fraction: float = 0.5, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """An inpainting mask [B, C, H, W] (1 = observed) of the CLI's kinds:
+    "half"   the left half of the columns observed (the right half restored);
+    "box"    everything observed except a centred square covering `fraction` of the area;
+    "random" each pixel (all channels together) observed with probability `fraction`."""
+    algebra.check_choice("mask", kind, MASKS)
+    if len(shape) != 4:
+        raise ValueError(f"make_mask needs an image batch shape (B, C, H, W), got {tuple(shape)}")
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must lie in (0, 1), got {fraction}")
+    B, C, H, W = shape
+    mask = torch.ones(B, 1, H, W)
+    if kind == "half":
+        mask[..., W // 2:] = 0
+    elif kind == "box":
+        h, w = max(1, round(H * fraction ** 0.5)), max(1, round(W * fraction ** 0.5))
+        top, left = (H - h) // 2, (W - w) // 2
+        mask[..., top:top + h, left:left + w] = 0
+    else:
+        mask = (rand_like(mask, generator) < fraction).to(mask.dtype)
+    return mask.expand(B, C, H, W).contiguous()
 
 
 # orthonormal colour decoupling of score_sde_pytorch's colorizer: column 0 is the (scaled) grey level

@@ -205,3 +205,39 @@ def test_noisy_linear_measurement_posterior(lm3):
         conditioning.linear_inverse(sde, score, A, y0.expand(B, 2), (B, 3))
     with pytest.raises(ValueError, match="noisy"):
         conditioning.linear_inverse(sde, score, A, y0.expand(B, 1), (B, 3), noise_std=0.3, method="pc")
+
+
+def test_make_mask_kinds():
+    half = conditioning.make_mask("half", (2, 3, 4, 6))
+    assert half.shape == (2, 3, 4, 6) and half[..., :3].eq(1).all() and half[..., 3:].eq(0).all()
+    box = conditioning.make_mask("box", (1, 1, 8, 8), fraction=0.25)
+    assert int((box == 0).sum()) == 16 and box[0, 0, 2:6, 2:6].eq(0).all()
+    rnd = conditioning.make_mask("random", (4, 3, 16, 16), fraction=0.3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(rnd[:, 0], rnd[:, 2])  # all channels of a pixel together
+    assert abs(float(rnd.mean()) - 0.3) < 4 * math.sqrt(0.3 * 0.7 / 1024)
+    with pytest.raises(ValueError, match="mask"):
+        conditioning.make_mask("ring", (1, 1, 4, 4))
+    with pytest.raises(ValueError, match="fraction"):
+        conditioning.make_mask("box", (1, 1, 4, 4), fraction=1.5)
+
+
+def test_image_shaped_inpainting_of_white_noise():
+    """Data N(0, I) on 4x4 images: the posterior of the unobserved pixels is N(0, I) whatever is observed."""
+    sde = sde_lib.VPSDE(N=1000)
+    score = lambda x, t: -x / batch_var(sde, t, x)  # noqa: E731  exact score of N(0, (m^2 + s^2) I)
+    B = 400
+    y = torch.randn(B, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=D64) + 3.0
+    mask = conditioning.make_mask("half", y.shape)
+    # variance="beta" makes the ancestral kernel the exact reverse kernel of Gaussian data
+    for method, opts in (("smc", dict(particles=4, steps=40, variance="beta")), ("pc", dict(steps=100))):
+        x, _ = conditioning.inpaint(sde, score, y, mask, generator=torch.Generator().manual_seed(1), method=method,
+                                    **opts)
+        assert torch.equal(x[mask == 1], y[mask == 1])
+        free = x[mask == 0]
+        n = free.numel()
+        assert abs(float(free.mean())) < 4 / math.sqrt(n) and abs(float(free.var()) - 1) < 0.1, (method, free.var())
+
+
+def batch_var(sde, t, x):
+    m, s = sde.mean_coeff(t), sde.marginal_std(t)
+    return (m ** 2 + s ** 2).reshape(-1, *([1] * (x.dim() - 1)))
