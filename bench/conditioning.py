@@ -1,6 +1,6 @@
 """Inverse-problem solvers and classifier guidance against the EXACT conditionals of a Gaussian mixture.
 
-    python bench/conditioning.py            # full table (a few minutes on a 2-core CPU)
+    python bench/conditioning.py            # full table (about 7 minutes on one core of a shared 2-core CPU)
     python bench/conditioning.py --quick    # smoke run
 
 Problems (toy_conditional.overlapping_mixture: 6 overlapping anisotropic components): (a) 2-D, VP, coordinate 0
@@ -87,9 +87,8 @@ def guidance(quick: bool, n: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--n", type=int, default=2000, help="independent problems (rows) per run")
+    ap.add_argument("--n", type=int, default=1000, help="independent problems (rows) per run")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     print(f"machine: {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     inpainting(args.quick, args.n)
