@@ -96,10 +96,18 @@ def classifier_free(cond_score_fn: Callable, label: Label, guidance: float) -> S
     return guided
 
 
-def conditional_score_fn(sde, model: Callable, *, continuous: bool = True, prediction: Optional[str] = None
+def with_labels(cond_score_fn: Callable, labels: Optional[torch.Tensor]) -> ScoreFn:
+    """score_fn(x, t) = cond_score_fn(x, t, labels): fixed labels (a training batch's, after label dropout, or
+    None for the null class) for any loss or sampler that takes a plain score_fn."""
+    return lambda x, t: cond_score_fn(x, t, labels)
+
+
+def conditional_score_fn(sde, model: Callable, *, continuous: bool = True, prediction: Optional[str] = None,
+                         train: bool = False
                          ) -> Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]:
     """cond_score_fn(x, t, label) of a class-conditional network model(x, noise_label, y=label); label None
-    asks the network for its null class (it must have been trained with label dropout)."""
+    asks the network for its null class (it must have been trained with label dropout). train=True keeps the
+    network in training mode, for losses.dsm_loss(sde, with_labels(fn, labels), x0)."""
     from . import parameterization
     kind = parameterization.model_prediction_kind(model, prediction)
 
@@ -111,7 +119,7 @@ def conditional_score_fn(sde, model: Callable, *, continuous: bool = True, predi
                                  "unconditional score (classifier-free guidance)")
             label = torch.full((x.shape[0],), null, dtype=torch.long, device=x.device)
         if isinstance(model, torch.nn.Module):
-            model.eval()
+            model.train(train)
         net = lambda xx, noise_label: model(xx, noise_label, y=label)  # noqa: E731
         return parameterization.get_score_fn(sde, net, continuous=continuous, prediction=kind)(x, t)
     return fn

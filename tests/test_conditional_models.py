@@ -153,3 +153,27 @@ def test_wide_resnet_classifier_shapes_and_gradients():
         cls_models.WideResNetClassifier(channels=1, num_classes=10, depth=12)
     big = cls_models.WideResNetClassifier(channels=3, num_classes=10)  # WRN-28-10 (about 36.5M parameters)
     assert 36e6 < sum(p.numel() for p in big.parameters()) < 37.5e6
+
+
+def test_conditional_dsm_is_minimised_by_the_class_score():
+    """DSM on labelled data with with_labels(cond_score_fn, y): the exact p_t(x | c) score beats p_t(x)'s."""
+    from score_sde import losses
+    lm, sde = tc.overlapping_mixture(2, seed=0), sde_lib.VPSDE()
+    g = torch.Generator().manual_seed(0)
+    k = torch.multinomial(lm.mixture.weights, 20000, replacement=True, generator=g)
+    x0 = lm.mixture.means[k] + torch.einsum("nij,nj->ni", torch.linalg.cholesky(lm.mixture.covs)[k],
+                                            torch.randn(20000, 2, generator=g, dtype=torch.float64))
+    y = lm.labels[k]
+    classes = [lm.class_mixture(c) for c in range(lm.num_classes)]
+
+    def cond_score(x, t, label):
+        m, s = sde.mean_coeff(t), sde.marginal_std(t)
+        if label is None:
+            return lm.mixture.score(x, m, s)
+        every = torch.stack([c.score(x, m, s) for c in classes], 1)  # [B, C, d]
+        return every[torch.arange(x.shape[0]), label]
+
+    loss = {name: float(losses.dsm_loss(sde, conditioning.with_labels(cond_score, lab), x0,
+                                        generator=torch.Generator().manual_seed(1)))
+            for name, lab in (("conditional", y), ("unconditional", None))}
+    assert loss["conditional"] < loss["unconditional"], loss
