@@ -241,3 +241,15 @@ def test_image_shaped_inpainting_of_white_noise():
 def batch_var(sde, t, x):
     m, s = sde.mean_coeff(t), sde.marginal_std(t)
     return (m ** 2 + s ** 2).reshape(-1, *([1] * (x.dim() - 1)))
+
+
+@pytest.mark.parametrize("method,opts", [("smc", dict(particles=4, steps=40, variance="beta")), ("pc", dict(steps=100))])
+def test_colorizing_white_noise(method, opts):
+    """Data N(0, I): given the grey level, the two colour coordinates orthogonal to it are N(0, 1)."""
+    sde = sde_lib.VPSDE(N=1000)
+    score = lambda x, t: -x / batch_var(sde, t, x)  # noqa: E731
+    gray = torch.randn(300, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=D64)
+    x, _ = conditioning.colorize(sde, score, gray, generator=torch.Generator().manual_seed(1), method=method, **opts)
+    torch.testing.assert_close(x.mean(1, keepdim=True), gray, rtol=0, atol=1e-12)
+    free = torch.einsum("bkhw,kc->bchw", x, conditioning._COLOR)[:, 1:]
+    assert abs(float(free.mean())) < 4 / math.sqrt(free.numel()) and abs(float(free.var()) - 1) < 0.1
