@@ -243,7 +243,8 @@ def batch_var(sde, t, x):
     return (m ** 2 + s ** 2).reshape(-1, *([1] * (x.dim() - 1)))
 
 
-@pytest.mark.parametrize("method,opts", [("smc", dict(particles=4, steps=40, variance="beta")), ("pc", dict(steps=100))])
+@pytest.mark.parametrize("method,opts", [("smc", dict(particles=4, steps=40, variance="beta")),
+                                         ("pc", dict(steps=100))])
 def test_colorizing_white_noise(method, opts):
     """Data N(0, I): given the grey level, the two colour coordinates orthogonal to it are N(0, 1)."""
     sde = sde_lib.VPSDE(N=1000)
