@@ -73,7 +73,7 @@ def test_guided_sampler_reproduces_the_class_conditional(lm2):
     c = 1
     guided = conditioning.classifier_guidance(tc.shared_time_score_fn(lm2.mixture, sde), lm2.classifier_fn(sde), c)
     sampler = sampling.get_sampler("pc", sde, (3000, 2), predictor="reverse_diffusion", corrector="none",
-                                   steps=200, dtype=D64)
+                                   steps=100, dtype=D64)
     x, _ = sampler(guided, generator=torch.Generator().manual_seed(0))
     target = lm2.class_mixture(c)
     d, se, err = posterior_errors(target, x)
