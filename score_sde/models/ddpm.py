@@ -7,6 +7,9 @@ score_sde_pytorch's ``ddpm`` model (vp/ddpm/cifar10: 35,218,947 parameters).
 """
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Optional
+
 from . import layers, register_model
 from .ncsnpp import UNet, UNetOptions, check_fixed_choices, get_sigmas
 
@@ -28,5 +31,5 @@ def ddpm_options(config) -> UNetOptions:
 class DDPM(UNet):
     """The DDPM U-Net; ``labels`` are time steps (float or long), embedded by the transformer sinusoid."""
 
-    def __init__(self, config) -> None:
-        super().__init__(ddpm_options(config))
+    def __init__(self, config, num_classes: Optional[int] = None) -> None:
+        super().__init__(replace(ddpm_options(config), num_classes=num_classes))

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from . import layers, register_model
 from .ncsnpp import get_sigmas
+from .label import class_embedding, embed_class
 
 NormFn = Callable[[int], nn.Module]
 _EPS = 1e-5
@@ -257,7 +258,7 @@ def _fixed(model_config, name: str, only: str) -> None:
 class RefineNet(nn.Module):
     """The NCSN/NCSNv2 RefineNet for images up to 64x64 (score_sde_pytorch's 32x32/28x28 layout)."""
 
-    def __init__(self, config, conditional: bool) -> None:
+    def __init__(self, config, conditional: bool, num_classes: Optional[int] = None) -> None:
         super().__init__()
         m, d = config.model, config.data
         _fixed(m, "normalization", "InstanceNorm++")
@@ -298,8 +299,12 @@ class RefineNet(nn.Module):
         self.refine2 = RefineBlock([2 * nf, 2 * nf], 2 * nf, refine_norm, act, max_pool)
         self.refine3 = RefineBlock([2 * nf, 2 * nf], nf, refine_norm, act, max_pool)
         self.refine4 = RefineBlock([nf, nf], nf, refine_norm, act, max_pool, last=True)
+        # RefineNet has no noise-embedding vector: the class embedding is a per-channel bias of the first features
+        self.class_embed = class_embedding(num_classes, nf)
+        if self.class_embed is not None:
+            self.null_class = num_classes
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         if labels.ndim != 1 or labels.shape[0] != x.shape[0]:
             raise ValueError(f"labels must have shape [batch]=[{x.shape[0]}], got {tuple(labels.shape)}")
         if labels.is_floating_point():
@@ -308,6 +313,9 @@ class RefineNet(nn.Module):
         if not self.centered:
             x = 2 * x - 1.0  # data in [0, 1] -> [-1, 1]
         h = self.conv_in(x)
+        cemb = embed_class(self.class_embed, y, x.shape[0])
+        if cemb is not None:
+            h = h + cemb[:, :, None, None].to(h.dtype)
         l1 = self.res1(h, labels)
         l2 = self.res2(l1, labels)
         l3 = self.res3(l2, labels)
@@ -326,13 +334,13 @@ class RefineNet(nn.Module):
 class NCSN(RefineNet):
     """NCSN (Song & Ermon 2019): conditional InstanceNorm++ on the level index; outputs the score."""
 
-    def __init__(self, config) -> None:
-        super().__init__(config, conditional=True)
+    def __init__(self, config, num_classes: Optional[int] = None) -> None:
+        super().__init__(config, conditional=True, num_classes=num_classes)
 
 
 @register_model("ncsnv2_64")
 class NCSNv2(RefineNet):
     """NCSNv2 for images up to 64x64 (Song & Ermon 2020): unconditional norms, output divided by sigma."""
 
-    def __init__(self, config) -> None:
-        super().__init__(config, conditional=False)
+    def __init__(self, config, num_classes: Optional[int] = None) -> None:
+        super().__init__(config, conditional=False, num_classes=num_classes)

@@ -9,7 +9,7 @@ from the same skeleton.  Parts are registered in score_sde_pytorch's constructio
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
 import numpy as np
@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from . import layers, register_model
+from .label import class_embedding, embed_class
 from .layers import (AttentionBlock, BigGANResnetBlock, Combine, Downsample, NormFn, ResnetBlock, Upsample,
                      conv3x3, dense)
 
@@ -50,6 +51,7 @@ class UNetOptions:
     sigmas: np.ndarray = field(default_factory=lambda: np.ones(1))
     norm_fn: NormFn = layers.ncsnpp_norm
     always_embed: bool = False                      # DDPM: the embedding MLP exists even if unconditional
+    num_classes: Optional[int] = None               # class-conditional: a label embedding (models/label.py)
 
 
 def get_sigmas(config) -> np.ndarray:
@@ -229,6 +231,11 @@ class UNet(nn.Module):
         if self.progressive != "output_skip":
             self.norm_out = o.norm_fn(in_ch)
             self.conv_out = conv3x3(in_ch, o.channels, init_scale=o.init_scale)
+        if o.num_classes:  # registered last: the unconditional state-dict order is unchanged
+            if not o.conditional:
+                raise ValueError("a class-conditional U-Net needs the noise embedding: set model.conditional=True")
+            self.class_embed = class_embedding(o.num_classes, temb_dim)
+            self.null_class = o.num_classes
 
     # ------------------------------------------------------------------ forward
     def _sigma_of(self, labels: torch.Tensor) -> torch.Tensor:
@@ -237,11 +244,14 @@ class UNet(nn.Module):
             return labels
         return self.sigmas[labels.long()]
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         o = self.opts
         if labels.ndim != 1 or labels.shape[0] != x.shape[0]:
             raise ValueError(f"labels must have shape [batch]=[{x.shape[0]}], got {tuple(labels.shape)}")
         temb = self.noise_embed(labels) if o.conditional else None
+        cemb = embed_class(getattr(self, "class_embed", None), y, x.shape[0])
+        if cemb is not None:
+            temb = temb + cemb  # class embedding added to the noise embedding
         if not o.centered:
             x = 2 * x - 1.0  # data in [0, 1] -> [-1, 1]
         pyramid = x if self.progressive_input != "none" else None
@@ -326,8 +336,8 @@ def options_from_config(config) -> UNetOptions:
 class NCSNpp(UNet):
     """NCSN++ (VE configs) and DDPM++ (VP/subVP configs) of Song et al. 2021."""
 
-    def __init__(self, config) -> None:
-        super().__init__(options_from_config(config))
+    def __init__(self, config, num_classes: Optional[int] = None) -> None:
+        super().__init__(replace(options_from_config(config), num_classes=num_classes))
 
 
 @register_model("ddpmpp")
