@@ -134,3 +134,11 @@ def test_inception_logits_from_the_weights_file(inception_file, tmp_path):
     torch.save({"Conv2d_1a_3x3.conv.weight": torch.zeros(1)}, path)
     with pytest.raises(ValueError, match="fc.weight"):
         inception.load_inception_logits(path)
+
+
+def test_fid_matches_pytorch_fid_when_installed():
+    fid_score = pytest.importorskip("pytorch_fid.fid_score")
+    a, b = _rng(8).normal(size=(300, 12)), _rng(9).normal(size=(300, 12)) * 1.2 + 0.3
+    (m1, s1), (m2, s2) = metrics.feature_statistics(a), metrics.feature_statistics(b)
+    assert metrics.fid_from_features(a, b) == pytest.approx(fid_score.calculate_frechet_distance(m1, s1, m2, s2),
+                                                           rel=1e-6)
