@@ -9,6 +9,7 @@ loads directly. Weights are read only from a local file; nothing is ever downloa
 from __future__ import annotations
 
 import os
+import pickle
 from typing import Callable, Optional, Tuple, Union
 
 import torch
@@ -241,11 +242,15 @@ def inception_features(model: nn.Module, images: torch.Tensor, batch_size: int =
 def load_inception_logits(path: str) -> nn.Linear:
     """The 1008-way classifier on pool3 (``fc.weight`` [1008, 2048], ``fc.bias``) of the same weights file:
     the logits of the Inception Score (pytorch-fid's file and TF's 2015-12-05 graph both carry it)."""
+    if not path or not os.path.isfile(path):
+        raise FileNotFoundError(f"Inception weights not found at {path!r}; the Inception Score needs the FID "
+                                f"weights file (pytorch-fid's pt_inception-2015-12-05-6726825d.pth)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError) as e:
-        raise ValueError(f"cannot load Inception weights {path} with weights_only=True ({type(e).__name__})") from None
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
+        raise ValueError(f"cannot load Inception weights {path} with weights_only=True ({type(e).__name__}); "
+                         f"it must be a plain state dict of tensors") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else {}
     if "fc.weight" not in state or "fc.bias" not in state:
         raise ValueError(f"{path} has no fc.weight / fc.bias: the Inception Score needs the classifier layer "
                          f"(pytorch-fid's pt_inception-2015-12-05-*.pth has it)")

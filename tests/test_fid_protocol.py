@@ -134,6 +134,8 @@ def test_inception_logits_from_the_weights_file(inception_file, tmp_path):
     torch.save({"Conv2d_1a_3x3.conv.weight": torch.zeros(1)}, path)
     with pytest.raises(ValueError, match="fc.weight"):
         inception.load_inception_logits(path)
+    with pytest.raises(FileNotFoundError, match="pt_inception"):
+        inception.load_inception_logits(str(tmp_path / "absent.pth"))
 
 
 def test_fid_matches_pytorch_fid_when_installed():
