@@ -140,6 +140,17 @@ def _preprocess_item(args: Tuple[str, bytes, int, str, int]) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- cache
+def _chunks(items: Iterator, n: int) -> Iterator[list]:
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def build_cache(src: str, dst: str, size: int, method: str = "crop_resize", channels: int = 3,
                 num_workers: int = 0, limit: Optional[int] = None) -> int:
     """Preprocess every image of ``src`` once into ``dst`` (.npy, uint8 [N, C, size, size]); returns N.
@@ -157,8 +168,11 @@ def build_cache(src: str, dst: str, size: int, method: str = "crop_resize", chan
     jobs = ((n, b, size, method, channels) for n, b in read_bytes(src, names))
     if num_workers > 0:
         with ProcessPoolExecutor(num_workers) as pool:
-            for i, arr in enumerate(pool.map(_preprocess_item, jobs, chunksize=16)):
-                out[i] = arr
+            i = 0
+            for batch in _chunks(jobs, 64 * num_workers):     # bounded memory: a few hundred encoded images
+                for arr in pool.map(_preprocess_item, batch, chunksize=16):
+                    out[i] = arr
+                    i += 1
     else:
         for i, job in enumerate(jobs):
             out[i] = _preprocess_item(job)

@@ -128,3 +128,8 @@ def test_errors_name_the_problem(sources, tmp_path):
     with pytest.raises(ValueError, match="eval_fraction"):
         image_prep.fixed_split(5, 1.0)
     assert not list(tmp_path.glob("*.tmp.npy"))
+
+
+def test_worker_batches_keep_order_and_cover_everything():
+    assert list(image_prep._chunks(iter(range(5)), 2)) == [[0, 1], [2, 3], [4]]
+    assert list(image_prep._chunks(iter([]), 3)) == []
