@@ -308,7 +308,9 @@ def _reference(ctx: _Context, name: str, limit: int) -> torch.Tensor:
 def _fid(ctx: _Context, x_data: torch.Tensor, ref: torch.Tensor) -> float:
     from . import inception
     net = inception.load_inception(check_inception_path(ctx.config), device=ctx.info.device)
-    feats = [inception.inception_features(net, x, batch_size=_batch_size(ctx.config)) for x in (x_data, ref)]
+    # as the papers and common tools: Inception sees uint8 images (PNG levels), samples and data alike
+    feats = [inception.inception_features(net, metrics.to_uint8(x), batch_size=_batch_size(ctx.config))
+             for x in (x_data, ref)]
     return float(metrics.fid_from_features(*feats))
 
 

@@ -9,7 +9,8 @@ loads directly. Weights are read only from a local file; nothing is ever downloa
 from __future__ import annotations
 
 import os
-from typing import Optional, Tuple, Union
+import pickle
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -217,7 +218,7 @@ def load_inception(path: Optional[str], device: Union[str, torch.device] = "cpu"
 
 @torch.no_grad()
 def inception_features(model: nn.Module, images: torch.Tensor, batch_size: int = 50) -> torch.Tensor:
-    """pool3 features [N, 2048] (float32, CPU) of images [N, C, H, W] in [0, 1], C in {1, 3}.
+    """pool3 features [N, 2048] (float32, CPU) of images [N, C, H, W] in [0, 1] (or uint8 0..255), C in {1, 3}.
 
     Each batch is resized to 299x299 (bilinear), scaled to [-1, 1]; grey images are repeated to RGB."""
     if images.dim() != 4 or images.shape[1] not in (1, 3):
@@ -228,10 +229,52 @@ def inception_features(model: nn.Module, images: torch.Tensor, batch_size: int =
     model.eval()
     out = []
     for chunk in images.split(batch_size):
-        x = chunk.to(device=param.device, dtype=param.dtype)
+        x = chunk.to(device=param.device)
+        x = x.to(param.dtype) / 255.0 if x.dtype == torch.uint8 else x.to(param.dtype)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
             x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
         out.append(model(2.0 * x - 1.0).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, FEATURE_DIM)
+
+
+def load_inception_logits(path: str) -> nn.Linear:
+    """The 1008-way classifier on pool3 (``fc.weight`` [1008, 2048], ``fc.bias``) of the same weights file:
+    the logits of the Inception Score (pytorch-fid's file and TF's 2015-12-05 graph both carry it)."""
+    if not path or not os.path.isfile(path):
+        raise FileNotFoundError(f"Inception weights not found at {path!r}; the Inception Score needs the FID "
+                                f"weights file (pytorch-fid's pt_inception-2015-12-05-6726825d.pth)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
+        raise ValueError(f"cannot load Inception weights {path} with weights_only=True ({type(e).__name__}); "
+                         f"it must be a plain state dict of tensors") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else {}
+    if "fc.weight" not in state or "fc.bias" not in state:
+        raise ValueError(f"{path} has no fc.weight / fc.bias: the Inception Score needs the classifier layer "
+                         f"(pytorch-fid's pt_inception-2015-12-05-*.pth has it)")
+    w = state["fc.weight"]
+    fc = nn.Linear(w.shape[1], w.shape[0])
+    fc.load_state_dict({"weight": w, "bias": state["fc.bias"]})
+    return fc.eval()
+
+
+@torch.no_grad()
+def inception_logits(fc: nn.Linear, features: torch.Tensor) -> torch.Tensor:
+    """Classifier logits [N, 1008] (float32, CPU) from pool3 features [N, 2048]."""
+    return fc.to(torch.float32).cpu()(features.to(torch.float32).cpu())
+
+
+def reference_stats(path: str, model: nn.Module, images: Callable[[], torch.Tensor],
+                    fc: Optional[nn.Linear] = None, batch_size: int = 50) -> dict:
+    """A data set's reference features, computed once and cached in ``path`` (.npz, keys pool_3 / logits).
+
+    ``images`` is called only when ``path`` does not exist yet; it returns the reference images as uint8
+    [N, C, H, W] (or floats in [0, 1]). Every later call, for any checkpoint, reads the file."""
+    from . import metrics
+    if not os.path.isfile(path):
+        feats = inception_features(model, images(), batch_size=batch_size)
+        logits = inception_logits(fc, feats) if fc is not None else None
+        metrics.save_reference_stats(path, feats, logits)
+    return metrics.load_reference_stats(path)

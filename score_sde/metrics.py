@@ -1,6 +1,7 @@
 """Sample-quality metrics: sliced Wasserstein-2 between point sets and the Fréchet (FID) distance."""
 from __future__ import annotations
 
+import os
 from typing import Optional, Tuple, Union
 
 import numpy as np
@@ -104,3 +105,92 @@ def fid_from_features(features1: ArrayLike, features2: ArrayLike) -> float:
     diff = mu1 - mu2
     cross = np.linalg.svd(a1 @ a2.T, compute_uv=False).sum()
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * cross)
+
+# ----------------------------------------------------------------------------- FID / IS / KID as the papers do
+# Protocol of score_sde_pytorch / TTUR / EDM: samples become uint8 images before Inception, the reference
+# set's pool3 features are computed once and stored in an .npz (key "pool_3", optionally "logits"; the
+# layout of score_sde_pytorch's assets/stats/cifar10_stats.npz), and every checkpoint is scored against it.
+STATS_KEYS = ("pool_3", "logits")
+
+
+def to_uint8(images: torch.Tensor, rounding: str = "round") -> torch.Tensor:
+    """Images in [0, 1] -> uint8 levels 0..255, as written to PNG before Inception sees them.
+
+    rounding="round": nearest level (EDM, torch-fidelity on saved PNGs); "floor": score_sde_pytorch's
+    np.clip(x * 255, 0, 255).astype(np.uint8), which truncates. Our data sets' bin centres (k + 0.5)/256
+    round back to level k exactly (reference images must not be dequantized)."""
+    if rounding not in ("round", "floor"):
+        raise ValueError(f"rounding must be 'round' or 'floor', got {rounding!r}")
+    x = torch.as_tensor(images).detach().to(torch.float32) * 255.0
+    x = x.round() if rounding == "round" else x.floor()
+    return x.clamp_(0, 255).to(torch.uint8)
+
+
+def inception_score(logits: ArrayLike, splits: int = 1) -> Tuple[float, float]:
+    """Inception Score exp(E_x KL(p(y|x) || p(y))) (Salimans et al. 2016) from classifier logits [N, K].
+
+    p(y) is the mean of p(y|x) within each of ``splits`` contiguous parts; returns (mean, std) over the
+    parts. score_sde_pytorch (tfgan's classifier_score_from_logits) uses one part; Salimans et al. ten."""
+    z = np.asarray(torch.as_tensor(logits).detach().cpu(), dtype=np.float64)
+    if z.ndim != 2 or z.shape[0] < splits or splits < 1:
+        raise ValueError(f"logits must be [N >= splits, K] with splits >= 1, got shape {z.shape}, splits={splits}")
+    z = z - z.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))          # log p(y|x), stable
+    scores = []
+    for part in np.array_split(log_p, splits):
+        log_py = np.log(np.exp(part).mean(axis=0, keepdims=True))
+        scores.append(np.exp((np.exp(part) * (part - log_py)).sum(axis=1).mean()))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def _polynomial_mmd2(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased MMD^2 with the kernel k(a, b) = (a.b / d + 1)^3 (Binkowski et al. 2018, eq. 4)."""
+    d, m, n = x.shape[1], x.shape[0], y.shape[0]
+    kxx, kyy, kxy = ((a @ b.T / d + 1.0) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+                 - 2.0 * kxy.mean())
+
+
+def kernel_inception_distance(features1: ArrayLike, features2: ArrayLike, block_size: int = 1024) -> float:
+    """KID: unbiased polynomial-kernel MMD^2 between feature sets [N, D], averaged over blocks.
+
+    As tfgan's kernel_classifier_distance_from_activations (used by score_sde_pytorch): both sets are
+    split into ceil(max(N1, N2) / block_size) contiguous blocks, and the block estimates are averaged."""
+    f1, f2 = (np.asarray(torch.as_tensor(f).detach().cpu(), dtype=np.float64) for f in (features1, features2))
+    if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
+        raise ValueError(f"features must be [N, D] with the same D, got {f1.shape} and {f2.shape}")
+    n_blocks = -(-max(len(f1), len(f2)) // block_size)
+    if min(len(f1), len(f2)) < 2 * n_blocks:
+        raise ValueError(f"KID needs at least 2 features per block ({n_blocks} blocks of at most {block_size}); "
+                         f"got {len(f1)} and {len(f2)}: pass more samples or a larger block_size")
+    return float(np.mean([_polynomial_mmd2(a, b) for a, b in zip(np.array_split(f1, n_blocks),
+                                                                  np.array_split(f2, n_blocks))]))
+
+
+def save_reference_stats(path: str, pool_3: ArrayLike, logits: Optional[ArrayLike] = None) -> None:
+    """Write a reference set's Inception features to ``path`` (.npz, score_sde_pytorch's layout)."""
+    arrays = {"pool_3": np.asarray(torch.as_tensor(pool_3).detach().cpu(), dtype=np.float32)}
+    if arrays["pool_3"].ndim != 2:
+        raise ValueError(f"pool_3 must be [N, D], got shape {arrays['pool_3'].shape}")
+    if logits is not None:
+        arrays["logits"] = np.asarray(torch.as_tensor(logits).detach().cpu(), dtype=np.float32)
+    tmp = f"{path}.tmp.npz"
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def load_reference_stats(path: str) -> dict:
+    """Read an .npz of reference features: {"pool_3": [N, D] float64, "logits": [N, K] if stored}."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"reference statistics {path} not found; compute them once with "
+                                f"score_sde.metrics.save_reference_stats (or use score_sde_pytorch's *_stats.npz)")
+    with np.load(path, allow_pickle=False) as f:
+        if "pool_3" not in f.files:
+            raise ValueError(f"{path} has no 'pool_3' array (found {f.files}); expected score_sde_pytorch's "
+                             f"stats layout: pool_3 [N, 2048], optionally logits")
+        return {k: np.asarray(f[k], dtype=np.float64) for k in STATS_KEYS if k in f.files}
+
+
+def fid_to_reference(features: ArrayLike, reference: dict) -> float:
+    """FID between sample features [N, D] and a loaded reference (``load_reference_stats``)."""
+    return fid_from_features(reference["pool_3"], features)

@@ -207,3 +207,89 @@ def test_converted_ema_feeds_the_training_ema_and_score_fn():
     x = torch.rand(2, 2, 8, 8)
     out = score_fn(x, torch.tensor([0.3, 0.9]))
     assert out.shape == x.shape and model.prediction == "score" and torch.isfinite(out).all()
+
+
+# ----------------------------------------------------------------------------- outputs of the original networks
+# tests/data/compat_outputs.json holds, per published config, fingerprints of score_sde_pytorch's own network
+# output (its code run once out of tree on the weights and inputs defined below; see docs/models.md). Loading
+# the same weights through compat must reproduce them.
+import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+
+OUTPUTS_FILE = COMPAT_DIR.parent / "compat_outputs.json"
+OUTPUTS = json.loads(OUTPUTS_FILE.read_text()) if OUTPUTS_FILE.is_file() else {}
+# one 32-px config per distinct code path runs by default (1-3 s each); the others (deeper or sub-VP twins of
+# these, the 256-px networks at ~15 s each, the 1024-px one) with SCORE_SDE_SLOW_TESTS=1
+FAST_OUTPUTS = {"ve__cifar10_ncsnpp", "ve__cifar10_ncsnpp_continuous", "vp__cifar10_ddpmpp",
+                "vp__ddpm__cifar10_continuous"}
+
+
+def layout_weights(layout: dict, seed: int = 0) -> "OrderedDict[str, torch.Tensor]":
+    """Deterministic weights in the original layout (sigmas left out), scaled so activations stay O(1):
+    matrices / kernels N(0, 1/fan_in), norm scales 1 + N(0, 0.01), other vectors N(0, 0.01)."""
+    g = torch.Generator().manual_seed(seed)
+    out = OrderedDict()
+    for key, shape in layout["state_dict"]:
+        if key == "sigmas":
+            continue
+        w = torch.randn(shape, generator=g)
+        if len(shape) >= 2:
+            w /= math.sqrt(math.prod(shape[1:]))
+        elif "GroupNorm" in key and key.endswith("weight"):
+            w = 1.0 + 0.1 * w
+        elif not key.endswith(".W"):          # Fourier frequencies stay N(0, 1)
+            w = 0.1 * w
+        out[key] = w
+    return out
+
+
+def fingerprint_inputs(config, batch: int):
+    """Fixed inputs [batch, C, S, S] ~ N(0, 1) and the labels the network sees for this SDE / time mode."""
+    g = torch.Generator().manual_seed(1)
+    c, s, m = config.data.num_channels, config.data.image_size, config.model
+    x = torch.randn(batch, c, s, s, generator=g)
+    if not config.training.continuous:
+        k = torch.randint(0, m.num_scales, (batch,), generator=g)                # level / time-step index
+        return x, (k if m.name == "ncsn" else k.float())
+    u = torch.rand(batch, generator=g, dtype=torch.float64)
+    if config.training.sde == "vesde":
+        return x, (m.sigma_min * (m.sigma_max / m.sigma_min) ** u).float()      # sigma(t)
+    return x, (999.0 * u).float()                                               # t * (N - 1)
+
+
+def fingerprint(out: torch.Tensor) -> dict:
+    """Shape, norm, 8 random projections and the first 16 values of a network output (float64)."""
+    o = out.detach().to(torch.float64).flatten()
+    v = torch.randn(8, o.numel(), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    return {"shape": list(out.shape), "norm": o.norm().item(), "proj": (v @ o / math.sqrt(o.numel())).tolist(),
+            "head": o[:16].tolist()}
+
+
+@pytest.mark.parametrize("name", sorted(OUTPUTS))
+def test_converted_weights_reproduce_the_original_outputs(name):
+    if name not in FAST_OUTPUTS and not os.environ.get("SCORE_SDE_SLOW_TESTS"):
+        pytest.skip("a twin of a default case, or 256 / 1024 px: set SCORE_SDE_SLOW_TESTS=1")
+    ref, config = OUTPUTS[name], config_for(name)
+    with torch.device("meta"):
+        model = get_model(config)
+    model = model.to_empty(device="cpu").eval()         # every tensor is overwritten below: skip the init
+    from score_sde.models.ncsnpp import get_sigmas
+    if hasattr(model, "sigmas"):
+        model.sigmas.copy_(torch.as_tensor(get_sigmas(config)))
+    src = {"model": OrderedDict(("module." + k, v) for k, v in layout_weights(load_layout(name)).items())}
+    compat.load_score_sde_pytorch(src, model, which="model")
+    x, labels = fingerprint_inputs(config, ref["shape"][0])
+    with torch.no_grad():
+        got = fingerprint(model(x, labels))
+    assert got["shape"] == ref["shape"]
+    scale = ref["norm"] / math.sqrt(math.prod(ref["shape"]))          # rms of the original output
+    assert abs(got["norm"] - ref["norm"]) <= 1e-5 * ref["norm"]
+    assert max(abs(a - b) for a, b in zip(got["proj"], ref["proj"])) <= 1e-5 * scale
+    assert max(abs(a - b) for a, b in zip(got["head"], ref["head"])) <= 1e-5 * scale
+
+
+def test_original_outputs_cover_every_layout():
+    # score_sde_pytorch's NCSN cannot run without patching its code (docs/models.md, "Architecture"); its
+    # bitwise equality was checked out of tree on the patched original instead of recording a fingerprint
+    assert sorted(OUTPUTS) == [n for n in LAYOUTS if n != "ve__ncsn__cifar10"]

@@ -249,7 +249,7 @@ def test_fid_end_to_end_from_local_weights(tmp_path, inception_file, split):
     torch.manual_seed(cfg.seed)  # the eval split's dequantization noise, drawn as evaluation draws it
     ref = torch.stack([(test if split == "test" else train)[i] for i in range(5)])
     net = inception.load_inception(inception_file, "cpu")
-    feats = [inception.inception_features(net, x, batch_size=4) for x in (samples, ref)]
+    feats = [inception.inception_features(net, metrics.to_uint8(x), batch_size=4) for x in (samples, ref)]
     expected = float(metrics.fid_from_features(*feats))
     assert math.isfinite(m["fid"]) and m["fid"] > 0
     assert m["fid"] == pytest.approx(expected, rel=1e-4)

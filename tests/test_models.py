@@ -18,7 +18,7 @@ LAYOUTS = sorted(p.stem for p in COMPAT_DIR.glob("*.json"))
 
 def test_layout_files_are_present():
     """Guards the parametrized layout tests below against silently running on zero files."""
-    assert len(LAYOUTS) == 8, f"expected the 8 published layouts in {COMPAT_DIR}, found {LAYOUTS}"
+    assert len(LAYOUTS) == 17, f"expected the 17 published layouts in {COMPAT_DIR}, found {LAYOUTS}"
 
 
 def load_layout(name: str) -> dict:
@@ -29,6 +29,9 @@ def config_for(name: str) -> ml_collections.ConfigDict:
     """The model config of a layout plus its data/training settings (CIFAR-10 32x32x3, CelebA-HQ 256x256x3;
     continuous labels for the *_continuous layouts, discrete level indices otherwise)."""
     layout = load_layout(name)
+    if "data" in layout:  # newer layout files record the data and training fields they were built with
+        return ml_collections.ConfigDict({"model": dict(layout["model_config"]), "data": dict(layout["data"]),
+                                          "training": dict(layout["training"])})
     sde = name.split("__")[0]
     return ml_collections.ConfigDict({
         "model": dict(layout["model_config"]),

@@ -327,7 +327,8 @@ def options_from_config(config) -> UNetOptions:
         resamp_with_conv=m.resamp_with_conv, conditional=m.conditional,
         fir_kernel=tuple(m.fir_kernel) if m.fir else None, skip_rescale=m.skip_rescale,
         resblock_type=m.resblock_type, progressive=m.progressive, progressive_input=m.progressive_input,
-        progressive_combine=m.progressive_combine, embedding_type=embedding, fourier_scale=m.fourier_scale,
+        progressive_combine=m.progressive_combine, embedding_type=embedding,
+        fourier_scale=m.get("fourier_scale", 16.0),  # used only by Fourier features; ve/cifar10_ncsnpp sets none
         init_scale=m.init_scale, scale_by_sigma=m.scale_by_sigma, centered=d.centered,
         nonlinearity=m.nonlinearity, sigmas=get_sigmas(config), norm_fn=layers.ncsnpp_norm)
 
