@@ -12,10 +12,11 @@ et al. 2019, FFJORD). The default protocol is score_sde_pytorch's: eps = 1e-5, R
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
+from . import parameterization
 from .sampling.common import CountingScore, ScoreFn, batch_time, check_positive_int
 from .sampling.ode import (SCIPY_METHODS, TORCHDIFFEQ_ADAPTIVE, BACKENDS, check_solver, integrate,
                            pf_drift, resolve_eps)
@@ -186,3 +187,174 @@ def bits_per_dim(nll_nats: Union[torch.Tensor, float], x_shape_or_dim: Union[int
         raise ValueError(f"data_scale must be positive (2.0 for data centered to [-1, 1], 1.0 for [0, 1]), "
                          f"got {data_scale!r}")
     return (nll_nats - d * math.log(data_scale) + d * math.log(num_levels)) / (d * math.log(2))
+
+
+# ----------------------------------------------------------------------------- DDPM variational bound
+VLB_DECODERS = ("discretized", "gaussian")
+VLB_VARIANCES = ("beta", "beta_tilde", "learned")
+VLB_PREDICTIONS = ("score", "eps", "x0", "v", "mu")
+ModelFn = Callable[[torch.Tensor, torch.Tensor], Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]]
+
+
+def ddpm_chain(sde) -> Dict[str, torch.Tensor]:
+    """float64 tables of the discrete VP chain x_i = sqrt(abar_i) x_0 + sqrt(1 - abar_i) z, i = 0..N-1
+    (Ho et al.'s x_{i+1}): betas, alphas, abar, abar_prev (abar_{-1} = 1) and the posterior variance
+    beta~_i = (1 - abar_{i-1}) / (1 - abar_i) beta_i (eq. 7), with log beta~ clipped at i = 0 to beta~_1."""
+    betas = getattr(sde, "discrete_betas", None)
+    if betas is None or sde.N < 2:
+        raise ValueError(f"the DDPM bound needs a discrete VP chain with N >= 2 levels (sde_lib.VPSDE); "
+                         f"got {sde!r}")
+    m, s = sde.discrete_marginal(torch.tensor([0, sde.N - 1]))
+    if not torch.allclose(m ** 2 + s ** 2, torch.ones(2, dtype=m.dtype)):
+        raise ValueError(f"the DDPM bound needs a variance-preserving chain (m^2 + s^2 = 1); {sde!r} is not - "
+                         "use sde_lib.VPSDE")
+    betas = betas.double()
+    abar = sde.alphas_cumprod.double()
+    abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+    post_var = (1 - abar_prev) / (1 - abar) * betas
+    post_log_var = torch.log(torch.cat([post_var[1:2], post_var[1:]]))
+    return {"betas": betas, "alphas": 1 - betas, "abar": abar, "abar_prev": abar_prev,
+            "post_var": post_var, "post_log_var": post_log_var}
+
+
+def reverse_log_variance(chain: Dict[str, torch.Tensor], i: int, variance: str,
+                         v: Optional[torch.Tensor] = None) -> Union[float, torch.Tensor]:
+    """log sigma_i^2 of p(x_{i-1} | x_i) (Ho et al. section 3.2): 'beta' (beta_i, also for the decoder at
+    i = 0, as in the paper; Ho's code puts beta~_1 there), 'beta_tilde' (beta~_i, clipped to beta~_1 at
+    i = 0 where beta~_0 = 0) or 'learned': v log beta_i + (1 - v) log beta~_i (Nichol & Dhariwal eq. 15)."""
+    log_tilde = float(chain["post_log_var"][i])
+    if variance == "beta_tilde":
+        return log_tilde
+    if variance == "beta":
+        return math.log(float(chain["betas"][i]))
+    return v * math.log(float(chain["betas"][i])) + (1 - v) * log_tilde
+
+
+def eps_from_prediction(pred: torch.Tensor, x: torch.Tensor, chain: Dict[str, torch.Tensor], i: int,
+                        prediction: str) -> torch.Tensor:
+    """eps implied at level i by a network predicting the score, eps, x0, v or the reverse mean mu.
+
+    mu = (x_i - beta_i / sqrt(1 - abar_i) eps) / sqrt(alpha_i) (Ho et al. eq. 11) is inverted for 'mu'."""
+    abar, beta, alpha = (float(chain[k][i]) for k in ("abar", "betas", "alphas"))
+    m, s = math.sqrt(abar), math.sqrt(1 - abar)
+    if prediction == "mu":
+        return (x - math.sqrt(alpha) * pred) * s / beta
+    m, s = (torch.tensor(c, dtype=x.dtype, device=x.device) for c in (m, s))
+    return parameterization.convert(pred, x, m, s, prediction, "eps")
+
+
+def _gaussian_kl(mean_q: torch.Tensor, log_var_q: float, mean_p: torch.Tensor,
+                 log_var_p: Union[float, torch.Tensor]) -> torch.Tensor:
+    """KL(N(mean_q, e^log_var_q) || N(mean_p, e^log_var_p)) per dimension."""
+    log_var_p = torch.as_tensor(log_var_p, dtype=mean_q.dtype, device=mean_q.device)
+    return 0.5 * (log_var_p - log_var_q + math.exp(log_var_q) / torch.exp(log_var_p)
+                  + (mean_q - mean_p) ** 2 / torch.exp(log_var_p) - 1)
+
+
+def _log_normal_interval(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """log(Phi(hi) - Phi(lo)) for standardized bounds lo < hi (+-inf allowed), without cancellation:
+    intervals above 0 are mirrored below it, where both log-CDFs are accurate."""
+    flip = lo > 0
+    lo, hi = torch.where(flip, -hi, lo), torch.where(flip, -lo, hi)
+    log_hi, log_lo = torch.special.log_ndtr(hi), torch.special.log_ndtr(lo)
+    return log_hi + torch.log1p(-torch.exp(log_lo - log_hi).clamp(max=1 - 1e-16))
+
+
+def discretized_gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_var: Union[float, torch.Tensor], *,
+                                  num_levels: int, data_scale: float, data_min: float) -> torch.Tensor:
+    """log P(x) per dimension of N(mean, e^log_var) integrated over x's bin (Ho et al. eq. 13): the levels
+    data_min + data_scale k/(L-1) get bins of width data_scale/(L-1); the end bins extend to -+inf."""
+    half = 0.5 * data_scale / (num_levels - 1)
+    std = torch.exp(0.5 * torch.as_tensor(log_var, dtype=x.dtype, device=x.device))
+    lo = torch.where(x < data_min + half, torch.full_like(x, -math.inf), (x - half - mean) / std)
+    hi = torch.where(x > data_min + data_scale - half, torch.full_like(x, math.inf), (x + half - mean) / std)
+    return _log_normal_interval(lo, hi)
+
+
+def _check_vlb_options(decoder: str, variance: str, prediction: str, num_levels: int, data_scale: float) -> None:
+    for name, value, valid in (("decoder", decoder, VLB_DECODERS), ("variance", variance, VLB_VARIANCES),
+                               ("prediction", prediction, VLB_PREDICTIONS)):
+        if value not in valid:
+            raise ValueError(f"unknown {name} {value!r}; choose one of {valid}")
+    if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 2:
+        raise ValueError(f"num_levels must be an integer >= 2 (256 for 8-bit images), got {num_levels!r}")
+    if not data_scale > 0:
+        raise ValueError(f"data_scale must be positive (2.0 for data centered to [-1, 1]), got {data_scale!r}")
+
+
+def _model_output(model_fn: ModelFn, x: torch.Tensor, t: torch.Tensor,
+                  variance: str) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    out = model_fn(x, t)
+    if variance == "learned":
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise ValueError("variance='learned' needs score_fn(x, t) -> (prediction, v), v the interpolation "
+                             "between log beta and log beta~ (see split_learned_variance)")
+        return out
+    if isinstance(out, tuple):
+        raise ValueError(f"score_fn returned a tuple (a learned-variance network?); pass variance='learned' "
+                         f"instead of {variance!r}")
+    return out, None
+
+
+def ddpm_vlb(sde, score_fn: ModelFn, x: torch.Tensor, *, decoder: str = "discretized", variance: str = "beta",
+             num_levels: int = 256, data_scale: float = 2.0, data_min: float = -1.0, prediction: str = "score",
+             generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+    """DDPM's variational bound on -log p(x_0) in nats per sample (Ho et al. 2020, eq. 5):
+        "prior"     L_T     = KL(q(x_T | x_0) || N(0, I))
+        "diffusion" sum L_t = sum_{i=1}^{N-1} KL(q(x_{i-1} | x_i, x_0) || p(x_{i-1} | x_i)), eq. 6-7
+        "decoder"   L_0     = -log p(x_0 | x_1): discretized Gaussian (eq. 13; x_0 on the grid
+                              data_min + data_scale k/(num_levels-1)) or a Gaussian density ("gaussian")
+        "total"     their sum; bits/dim = total / (d ln 2) with the discretized decoder.
+    Each L_t is a one-sample estimate at x_i ~ q(x_i | x_0) (drawn with `generator`); N network calls.
+    score_fn(x_i, t_i) (t_i = sde.discrete_times()[i]) returns what `prediction` names for the chain's level i
+    - the score, eps, x0, v or the reverse mean mu - and, with variance="learned", a pair (prediction, v).
+    """
+    _check_vlb_options(decoder, variance, prediction, num_levels, data_scale)
+    chain = ddpm_chain(sde)
+    times = sde.discrete_times()
+    flat = lambda per_dim: per_dim.reshape(x.shape[0], -1).sum(dim=1)  # noqa: E731
+    x0 = x.detach()
+    abar_last = float(chain["abar"][-1])
+    prior = flat(_gaussian_kl(math.sqrt(abar_last) * x0, math.log1p(-abar_last), torch.zeros_like(x0), 0.0))
+    diffusion = torch.zeros_like(prior)
+    dec = torch.zeros_like(prior)
+    with torch.no_grad():
+        for i in range(sde.N):
+            abar, abar_prev, beta, alpha = (float(chain[k][i]) for k in ("abar", "abar_prev", "betas", "alphas"))
+            x_i = math.sqrt(abar) * x0 + math.sqrt(1 - abar) * randn(x0.shape, generator=generator,
+                                                                      device=x0.device, dtype=x0.dtype)
+            pred, v = _model_output(score_fn, x_i, torch.full((x0.shape[0],), float(times[i])).to(x0), variance)
+            eps_hat = eps_from_prediction(pred.to(x0.dtype), x_i, chain, i, prediction)
+            mean = (x_i - beta / math.sqrt(1 - abar) * eps_hat) / math.sqrt(alpha)       # eq. 11
+            log_var = reverse_log_variance(chain, i, variance, v)
+            if i == 0:
+                dec = -flat(_decoder_log_prob(x0, mean, log_var, decoder, num_levels, data_scale, data_min))
+                continue
+            post_mean = (math.sqrt(abar_prev) * beta * x0 + math.sqrt(alpha) * (1 - abar_prev) * x_i) / (1 - abar)
+            diffusion = diffusion + flat(_gaussian_kl(post_mean, float(torch.log(chain["post_var"][i])),
+                                                      mean, log_var))                  # eq. 7
+    return {"total": prior + diffusion + dec, "prior": prior, "diffusion": diffusion, "decoder": dec}
+
+
+def _decoder_log_prob(x0: torch.Tensor, mean: torch.Tensor, log_var, decoder: str, num_levels: int,
+                      data_scale: float, data_min: float) -> torch.Tensor:
+    if decoder == "gaussian":
+        log_var = torch.as_tensor(log_var, dtype=x0.dtype, device=x0.device)
+        return -0.5 * (math.log(2 * math.pi) + log_var + (x0 - mean) ** 2 / torch.exp(log_var))
+    tol = 1e-3 * data_scale / (num_levels - 1)
+    if x0.min() < data_min - tol or x0.max() > data_min + data_scale + tol:
+        raise ValueError(f"x lies outside [data_min, data_min + data_scale] = [{data_min}, {data_min + data_scale}]; "
+                         "the discretized decoder needs data on the grid data_min + data_scale k/(num_levels-1)")
+    return discretized_gaussian_log_prob(x0, mean, log_var, num_levels=num_levels, data_scale=data_scale,
+                                         data_min=data_min)
+
+
+def split_learned_variance(out: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A learned-variance network's 2C output channels -> (prediction [C channels], v in [0, 1]).
+
+    The last C channels are the raw interpolation r in [-1, 1] (improved DDPM): v = (r + 1) / 2."""
+    if out.dim() < 2 or out.shape[1] % 2:
+        raise ValueError(f"a learned-variance output needs an even number of channels (prediction, variance), "
+                         f"got shape {tuple(out.shape)}")
+    pred, raw = out.chunk(2, dim=1)
+    return pred, (raw + 1) / 2
