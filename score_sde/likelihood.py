@@ -217,17 +217,25 @@ def ddpm_chain(sde) -> Dict[str, torch.Tensor]:
             "post_var": post_var, "post_log_var": post_log_var}
 
 
-def reverse_log_variance(chain: Dict[str, torch.Tensor], i: int, variance: str,
-                         v: Optional[torch.Tensor] = None) -> Union[float, torch.Tensor]:
+def reverse_log_variance(chain: Dict[str, torch.Tensor], i: Union[int, torch.Tensor], variance: str,
+                         v: Optional[torch.Tensor] = None) -> torch.Tensor:
     """log sigma_i^2 of p(x_{i-1} | x_i) (Ho et al. section 3.2): 'beta' (beta_i, also for the decoder at
     i = 0, as in the paper; Ho's code puts beta~_1 there), 'beta_tilde' (beta~_i, clipped to beta~_1 at
-    i = 0 where beta~_0 = 0) or 'learned': v log beta_i + (1 - v) log beta~_i (Nichol & Dhariwal eq. 15)."""
-    log_tilde = float(chain["post_log_var"][i])
+    i = 0 where beta~_0 = 0) or 'learned': v log beta_i + (1 - v) log beta~_i (Nichol & Dhariwal eq. 15).
+    i: a level or a [B] tensor of levels (then the result broadcasts against [B, ...] data)."""
+    log_tilde, log_beta = chain["post_log_var"][i], torch.log(chain["betas"][i])
     if variance == "beta_tilde":
         return log_tilde
     if variance == "beta":
-        return math.log(float(chain["betas"][i]))
-    return v * math.log(float(chain["betas"][i])) + (1 - v) * log_tilde
+        return log_beta
+    log_tilde, log_beta = (_per_sample(c, v) for c in (log_tilde, log_beta))
+    return v * log_beta + (1 - v) * log_tilde
+
+
+def _per_sample(coeff: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A level's coefficient (0-d) or per-sample coefficients ([B]) broadcast against `like`, in its dtype."""
+    coeff = coeff.to(device=like.device, dtype=like.dtype)
+    return coeff.reshape(-1, *([1] * (like.dim() - 1))) if coeff.dim() == 1 else coeff
 
 
 def eps_from_prediction(pred: torch.Tensor, x: torch.Tensor, chain: Dict[str, torch.Tensor], i: int,
@@ -243,11 +251,12 @@ def eps_from_prediction(pred: torch.Tensor, x: torch.Tensor, chain: Dict[str, to
     return parameterization.convert(pred, x, m, s, prediction, "eps")
 
 
-def _gaussian_kl(mean_q: torch.Tensor, log_var_q: float, mean_p: torch.Tensor,
+def _gaussian_kl(mean_q: torch.Tensor, log_var_q: Union[float, torch.Tensor], mean_p: torch.Tensor,
                  log_var_p: Union[float, torch.Tensor]) -> torch.Tensor:
     """KL(N(mean_q, e^log_var_q) || N(mean_p, e^log_var_p)) per dimension."""
-    log_var_p = torch.as_tensor(log_var_p, dtype=mean_q.dtype, device=mean_q.device)
-    return 0.5 * (log_var_p - log_var_q + math.exp(log_var_q) / torch.exp(log_var_p)
+    log_var_q, log_var_p = (torch.as_tensor(c, dtype=mean_q.dtype, device=mean_q.device)
+                            for c in (log_var_q, log_var_p))
+    return 0.5 * (log_var_p - log_var_q + torch.exp(log_var_q - log_var_p)
                   + (mean_q - mean_p) ** 2 / torch.exp(log_var_p) - 1)
 
 
@@ -320,20 +329,40 @@ def ddpm_vlb(sde, score_fn: ModelFn, x: torch.Tensor, *, decoder: str = "discret
     dec = torch.zeros_like(prior)
     with torch.no_grad():
         for i in range(sde.N):
-            abar, abar_prev, beta, alpha = (float(chain[k][i]) for k in ("abar", "abar_prev", "betas", "alphas"))
+            abar = float(chain["abar"][i])
             x_i = math.sqrt(abar) * x0 + math.sqrt(1 - abar) * randn(x0.shape, generator=generator,
                                                                       device=x0.device, dtype=x0.dtype)
             pred, v = _model_output(score_fn, x_i, torch.full((x0.shape[0],), float(times[i])).to(x0), variance)
             eps_hat = eps_from_prediction(pred.to(x0.dtype), x_i, chain, i, prediction)
-            mean = (x_i - beta / math.sqrt(1 - abar) * eps_hat) / math.sqrt(alpha)       # eq. 11
-            log_var = reverse_log_variance(chain, i, variance, v)
+            term = vlb_term(chain, torch.full((x0.shape[0],), i), x0, x_i, eps_hat, variance=variance, v=v,
+                            decoder=decoder, num_levels=num_levels, data_scale=data_scale, data_min=data_min)
             if i == 0:
-                dec = -flat(_decoder_log_prob(x0, mean, log_var, decoder, num_levels, data_scale, data_min))
-                continue
-            post_mean = (math.sqrt(abar_prev) * beta * x0 + math.sqrt(alpha) * (1 - abar_prev) * x_i) / (1 - abar)
-            diffusion = diffusion + flat(_gaussian_kl(post_mean, float(torch.log(chain["post_var"][i])),
-                                                      mean, log_var))                  # eq. 7
+                dec = term
+            else:
+                diffusion = diffusion + term
     return {"total": prior + diffusion + dec, "prior": prior, "diffusion": diffusion, "decoder": dec}
+
+
+def vlb_term(chain: Dict[str, torch.Tensor], levels: torch.Tensor, x0: torch.Tensor, x_i: torch.Tensor,
+             eps_hat: torch.Tensor, *, variance: str = "learned", v: Optional[torch.Tensor] = None,
+             decoder: str = "discretized", num_levels: int = 256, data_scale: float = 2.0,
+             data_min: float = -1.0) -> torch.Tensor:
+    """One term of the bound per sample (nats), at per-sample levels [B] given x_i ~ q(x_i | x_0):
+    L_i = KL(q(x_{i-1} | x_i, x_0) || N(mu(x_i, eps_hat), sigma_i^2)) for i >= 1 (eqs. 6-7, 11), and the
+    decoder's -log p(x_0 | x_i) at i = 0 (eq. 13)."""
+    levels = levels.to(torch.long).cpu()
+    coeff = {k: _per_sample(chain[k][levels], x0) for k in ("abar", "abar_prev", "betas", "alphas", "post_var")}
+    abar, abar_prev, beta, alpha = coeff["abar"], coeff["abar_prev"], coeff["betas"], coeff["alphas"]
+    mean = (x_i - beta / torch.sqrt(1 - abar) * eps_hat) / torch.sqrt(alpha)            # eq. 11
+    log_var = _per_sample(reverse_log_variance(chain, levels, variance), x0) if v is None else \
+        reverse_log_variance(chain, levels, variance, v)
+    post_mean = (torch.sqrt(abar_prev) * beta * x0 + torch.sqrt(alpha) * (1 - abar_prev) * x_i) / (1 - abar)
+    kl = _gaussian_kl(post_mean, torch.log(coeff["post_var"].clamp(min=1e-300)), mean, log_var)
+    first = (levels == 0).to(x0.device)
+    if first.any():
+        dec = -_decoder_log_prob(x0, mean, log_var, decoder, num_levels, data_scale, data_min)
+        kl = torch.where(first.reshape(-1, *([1] * (x0.dim() - 1))).expand_as(kl), dec, kl)
+    return kl.reshape(x0.shape[0], -1).sum(dim=1)
 
 
 def _decoder_log_prob(x0: torch.Tensor, mean: torch.Tensor, log_var, decoder: str, num_levels: int,

@@ -50,6 +50,7 @@ class UNetOptions:
     sigmas: np.ndarray = field(default_factory=lambda: np.ones(1))
     norm_fn: NormFn = layers.ncsnpp_norm
     always_embed: bool = False                      # DDPM: the embedding MLP exists even if unconditional
+    learned_variance: bool = False                  # improved DDPM: 2x output channels (prediction, variance)
 
 
 def get_sigmas(config) -> np.ndarray:
@@ -228,7 +229,10 @@ class UNet(nn.Module):
         self.norm_out = self.conv_out = None
         if self.progressive != "output_skip":
             self.norm_out = o.norm_fn(in_ch)
-            self.conv_out = conv3x3(in_ch, o.channels, init_scale=o.init_scale)
+            out_channels = 2 * o.channels if o.learned_variance else o.channels  # see likelihood.split_learned_variance
+            self.conv_out = conv3x3(in_ch, out_channels, init_scale=o.init_scale)
+        elif o.learned_variance:
+            raise ValueError("learned_variance needs a plain output head; set progressive to 'none' or 'input_skip'")
 
     # ------------------------------------------------------------------ forward
     def _sigma_of(self, labels: torch.Tensor) -> torch.Tensor:
