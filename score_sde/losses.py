@@ -252,19 +252,33 @@ def autocast_context(device: torch.device, precision: str):
 def get_step_fn(sde: SDE, *, train: bool, optimize_fn: Optional[Callable] = None, kind: str = "dsm",
                 continuous: bool = True, reduce_mean: bool = False, likelihood_weighting: bool = False,
                 eps: float = 1e-5, prediction: Optional[str] = None,
-                precision: str = "fp32") -> Callable[[Dict, torch.Tensor], Dict[str, float]]:
+                precision: str = "fp32", weighting: Optional[str] = None, time_sampling: str = "uniform",
+                sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2,
+                learned_variance: bool = False, vlb_weight: float = 1e-3, num_levels: int = 256,
+                data_scale: float = 2.0, data_min: float = -1.0) -> Callable[[Dict, torch.Tensor], Dict[str, float]]:
     """One optimization step (train) or one EMA-weight loss evaluation (eval) on a batch.
 
+    The objective: get_loss_fn's options, or with learned_variance the hybrid loss (discrete VP only).
     `state` holds model, ema, optimizer and step. A non-finite loss raises FloatingPointError
     before any parameter is touched, so the last good checkpoint stays valid.
     """
-    loss_fn = get_loss_fn(sde, kind=kind, reduce_mean=reduce_mean,
-                          likelihood_weighting=likelihood_weighting, eps=eps)
+    loss_fn = get_loss_fn(sde, kind=kind, reduce_mean=reduce_mean, likelihood_weighting=likelihood_weighting,
+                          eps=eps, weighting=weighting, time_sampling=time_sampling, sigma_data=sigma_data,
+                          p_mean=p_mean, p_std=p_std)
+    if learned_variance:
+        if continuous or kind != "ddpm":
+            raise ValueError("learned variances (hybrid loss) apply to discrete DDPM training; set "
+                             "training.continuous=False on a VP SDE, or learned_variance=False")
+        likelihood.ddpm_chain(sde)  # a VP chain, or a clear error now rather than at the first step
 
     def compute_loss(model, batch, is_train: bool) -> torch.Tensor:
-        score_fn = parameterization.get_score_fn(sde, model, continuous=continuous,
-                                                 prediction=prediction, train=is_train)
         with autocast_context(batch.device, precision):
+            if learned_variance:
+                fn = learned_variance_fn(sde, model, continuous=False, prediction=prediction, train=is_train)
+                return hybrid_loss(sde, fn, batch, vlb_weight=vlb_weight, reduce_mean=reduce_mean,
+                                   num_levels=num_levels, data_scale=data_scale, data_min=data_min).float()
+            score_fn = parameterization.get_score_fn(sde, model, continuous=continuous,
+                                                     prediction=prediction, train=is_train)
             return loss_fn(score_fn, batch).float()
 
     def step_fn(state: Dict, batch: torch.Tensor) -> Dict[str, float]:
