@@ -270,13 +270,18 @@ def _log_normal_interval(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
 
 
 def discretized_gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_var: Union[float, torch.Tensor], *,
-                                  num_levels: int, data_scale: float, data_min: float) -> torch.Tensor:
-    """log P(x) per dimension of N(mean, e^log_var) integrated over x's bin (Ho et al. eq. 13): the levels
-    data_min + data_scale k/(L-1) get bins of width data_scale/(L-1); the end bins extend to -+inf."""
-    half = 0.5 * data_scale / (num_levels - 1)
+                                  num_levels: int, data_scale: float, data_shift: float) -> torch.Tensor:
+    """log P(x) per dimension of N(mean, e^log_var) integrated over x's bin (Ho et al. eq. 13).
+
+    The toolkit's data convention: level k is y = data_scale (k + 1/2)/L + data_shift (datasets put k at
+    (k + 1/2)/L in [0, 1]; the scaler maps x to data_scale x + data_shift), so its bin is the dequantization
+    cube [data_shift + data_scale k/L, data_shift + data_scale (k+1)/L] that bits_per_dim bounds too;
+    the end bins extend to -+inf. (Ho et al. put k at k/127.5 - 1 with bins of width 2/255.)"""
+    width = data_scale / num_levels
     std = torch.exp(0.5 * torch.as_tensor(log_var, dtype=x.dtype, device=x.device))
-    lo = torch.where(x < data_min + half, torch.full_like(x, -math.inf), (x - half - mean) / std)
-    hi = torch.where(x > data_min + data_scale - half, torch.full_like(x, math.inf), (x + half - mean) / std)
+    lo = torch.where(x < data_shift + width, torch.full_like(x, -math.inf), (x - 0.5 * width - mean) / std)
+    hi = torch.where(x > data_shift + data_scale - width, torch.full_like(x, math.inf),
+                     (x + 0.5 * width - mean) / std)
     return _log_normal_interval(lo, hi)
 
 
@@ -306,14 +311,15 @@ def _model_output(model_fn: ModelFn, x: torch.Tensor, t: torch.Tensor,
 
 
 def ddpm_vlb(sde, score_fn: ModelFn, x: torch.Tensor, *, decoder: str = "discretized", variance: str = "beta",
-             num_levels: int = 256, data_scale: float = 2.0, data_min: float = -1.0, prediction: str = "score",
+             num_levels: int = 256, data_scale: float = 2.0, data_shift: float = -1.0, prediction: str = "score",
              generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
     """DDPM's variational bound on -log p(x_0) in nats per sample (Ho et al. 2020, eq. 5):
         "prior"     L_T     = KL(q(x_T | x_0) || N(0, I))
         "diffusion" sum L_t = sum_{i=1}^{N-1} KL(q(x_{i-1} | x_i, x_0) || p(x_{i-1} | x_i)), eq. 6-7
-        "decoder"   L_0     = -log p(x_0 | x_1): discretized Gaussian (eq. 13; x_0 on the grid
-                              data_min + data_scale k/(num_levels-1)) or a Gaussian density ("gaussian")
-        "total"     their sum; bits/dim = total / (d ln 2) with the discretized decoder.
+        "decoder"   L_0     = -log p(x_0 | x_1): discretized Gaussian (eq. 13; x_0 = data_scale (k + 1/2)/L
+                              + data_shift, see discretized_gaussian_log_prob) or a Gaussian density
+        "total"     their sum; bits/dim = total / (d ln 2) with the discretized decoder, and
+                    bits_per_dim(total, ...) with the Gaussian one on dequantized data.
     Each L_t is a one-sample estimate at x_i ~ q(x_i | x_0) (drawn with `generator`); N network calls.
     score_fn(x_i, t_i) (t_i = sde.discrete_times()[i]) returns what `prediction` names for the chain's level i
     - the score, eps, x0, v or the reverse mean mu - and, with variance="learned", a pair (prediction, v).
@@ -335,7 +341,7 @@ def ddpm_vlb(sde, score_fn: ModelFn, x: torch.Tensor, *, decoder: str = "discret
             pred, v = _model_output(score_fn, x_i, torch.full((x0.shape[0],), float(times[i])).to(x0), variance)
             eps_hat = eps_from_prediction(pred.to(x0.dtype), x_i, chain, i, prediction)
             term = vlb_term(chain, torch.full((x0.shape[0],), i), x0, x_i, eps_hat, variance=variance, v=v,
-                            decoder=decoder, num_levels=num_levels, data_scale=data_scale, data_min=data_min)
+                            decoder=decoder, num_levels=num_levels, data_scale=data_scale, data_shift=data_shift)
             if i == 0:
                 dec = term
             else:
@@ -346,7 +352,7 @@ def ddpm_vlb(sde, score_fn: ModelFn, x: torch.Tensor, *, decoder: str = "discret
 def vlb_term(chain: Dict[str, torch.Tensor], levels: torch.Tensor, x0: torch.Tensor, x_i: torch.Tensor,
              eps_hat: torch.Tensor, *, variance: str = "learned", v: Optional[torch.Tensor] = None,
              decoder: str = "discretized", num_levels: int = 256, data_scale: float = 2.0,
-             data_min: float = -1.0) -> torch.Tensor:
+             data_shift: float = -1.0) -> torch.Tensor:
     """One term of the bound per sample (nats), at per-sample levels [B] given x_i ~ q(x_i | x_0):
     L_i = KL(q(x_{i-1} | x_i, x_0) || N(mu(x_i, eps_hat), sigma_i^2)) for i >= 1 (eqs. 6-7, 11), and the
     decoder's -log p(x_0 | x_i) at i = 0 (eq. 13)."""
@@ -360,22 +366,22 @@ def vlb_term(chain: Dict[str, torch.Tensor], levels: torch.Tensor, x0: torch.Ten
     kl = _gaussian_kl(post_mean, torch.log(coeff["post_var"].clamp(min=1e-300)), mean, log_var)
     first = (levels == 0).to(x0.device)
     if first.any():
-        dec = -_decoder_log_prob(x0, mean, log_var, decoder, num_levels, data_scale, data_min)
+        dec = -_decoder_log_prob(x0, mean, log_var, decoder, num_levels, data_scale, data_shift)
         kl = torch.where(first.reshape(-1, *([1] * (x0.dim() - 1))).expand_as(kl), dec, kl)
     return kl.reshape(x0.shape[0], -1).sum(dim=1)
 
 
 def _decoder_log_prob(x0: torch.Tensor, mean: torch.Tensor, log_var, decoder: str, num_levels: int,
-                      data_scale: float, data_min: float) -> torch.Tensor:
+                      data_scale: float, data_shift: float) -> torch.Tensor:
     if decoder == "gaussian":
         log_var = torch.as_tensor(log_var, dtype=x0.dtype, device=x0.device)
         return -0.5 * (math.log(2 * math.pi) + log_var + (x0 - mean) ** 2 / torch.exp(log_var))
-    tol = 1e-3 * data_scale / (num_levels - 1)
-    if x0.min() < data_min - tol or x0.max() > data_min + data_scale + tol:
-        raise ValueError(f"x lies outside [data_min, data_min + data_scale] = [{data_min}, {data_min + data_scale}]; "
-                         "the discretized decoder needs data on the grid data_min + data_scale k/(num_levels-1)")
+    if x0.min() < data_shift or x0.max() > data_shift + data_scale:
+        raise ValueError(f"x lies outside [data_shift, data_shift + data_scale] = [{data_shift}, {data_shift + data_scale}]; "
+                         "the discretized decoder needs data_scale (k + 1/2)/num_levels + data_shift (set both "
+                         "as the data scaler does: 2, -1 for centered data, 1, 0 for [0, 1])")
     return discretized_gaussian_log_prob(x0, mean, log_var, num_levels=num_levels, data_scale=data_scale,
-                                         data_min=data_min)
+                                         data_shift=data_shift)
 
 
 def split_learned_variance(out: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

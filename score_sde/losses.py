@@ -153,7 +153,7 @@ def learned_variance_fn(sde: SDE, model: torch.nn.Module, *, continuous: bool = 
 
 def hybrid_loss(sde: SDE, model_fn: VarianceFn, x0: torch.Tensor, *, vlb_weight: float = 1e-3,
                 reduce_mean: bool = True, num_levels: int = 256, data_scale: float = 2.0,
-                data_min: float = -1.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                data_shift: float = -1.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Improved DDPM's L_hybrid = L_simple + lambda L_vlb (Nichol & Dhariwal 2021, section 3.1) on the VP chain.
 
     model_fn(x_i, t_i) -> (eps_hat, v). At a uniform level i: ||eps_hat - eps||^2 plus lambda N L_i, the
@@ -168,7 +168,7 @@ def hybrid_loss(sde: SDE, model_fn: VarianceFn, x0: torch.Tensor, *, vlb_weight:
     x_i = m * x0 + s * z
     eps_hat, v = model_fn(x_i, sde.discrete_times().to(x0)[levels])
     terms = likelihood.vlb_term(chain, levels, x0, x_i, eps_hat.detach(), variance="learned", v=v,
-                                num_levels=num_levels, data_scale=data_scale, data_min=data_min)
+                                num_levels=num_levels, data_scale=data_scale, data_shift=data_shift)
     d = x0[0].numel()
     vlb = terms / math.log(2) / (d if reduce_mean else 1)
     return (_reduce((eps_hat - z) ** 2, reduce_mean) + vlb_weight * sde.N * vlb).mean()
@@ -255,7 +255,7 @@ def get_step_fn(sde: SDE, *, train: bool, optimize_fn: Optional[Callable] = None
                 precision: str = "fp32", weighting: Optional[str] = None, time_sampling: str = "uniform",
                 sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2,
                 learned_variance: bool = False, vlb_weight: float = 1e-3, num_levels: int = 256,
-                data_scale: float = 2.0, data_min: float = -1.0) -> Callable[[Dict, torch.Tensor], Dict[str, float]]:
+                data_scale: float = 2.0, data_shift: float = -1.0) -> Callable[[Dict, torch.Tensor], Dict[str, float]]:
     """One optimization step (train) or one EMA-weight loss evaluation (eval) on a batch.
 
     The objective: get_loss_fn's options, or with learned_variance the hybrid loss (discrete VP only).
@@ -276,7 +276,7 @@ def get_step_fn(sde: SDE, *, train: bool, optimize_fn: Optional[Callable] = None
             if learned_variance:
                 fn = learned_variance_fn(sde, model, continuous=False, prediction=prediction, train=is_train)
                 return hybrid_loss(sde, fn, batch, vlb_weight=vlb_weight, reduce_mean=reduce_mean,
-                                   num_levels=num_levels, data_scale=data_scale, data_min=data_min).float()
+                                   num_levels=num_levels, data_scale=data_scale, data_shift=data_shift).float()
             score_fn = parameterization.get_score_fn(sde, model, continuous=continuous,
                                                      prediction=prediction, train=is_train)
             return loss_fn(score_fn, batch).float()

@@ -80,13 +80,13 @@ def point_mass(x0):
 def test_point_mass_on_the_grid_gives_every_term_exactly():
     """Data = one grid point: the exact eps-prediction recovers x0, so the model mean IS the posterior mean,
     beta~ makes every L_t vanish, beta leaves 1/2 (log(beta/beta~) + beta~/beta - 1) per dim, and the
-    discretized decoder is the N(x0, sigma_0^2) mass of x0's bin (half-width 1/(L-1) for [-1, 1] data)."""
+    discretized decoder is the N(x0, sigma_0^2) mass of x0's bin (half-width 1/L for [-1, 1] data)."""
     sde, levels = sde_lib.VPSDE(N=50), 256
-    x0 = torch.tensor([0, 255, 100, 201], dtype=torch.float64) * 2 / 255 - 1   # grid k/127.5 - 1, both edges
+    x0 = (torch.tensor([0, 255, 100, 201], dtype=torch.float64) + 0.5) * 2 / 256 - 1   # 2 (k + 1/2)/L - 1
     x = x0.expand(3, 4).clone()
     score = point_mass(x0).discrete_score_fn(sde)
     chain = likelihood.ddpm_chain(sde)
-    half = 1.0 / (levels - 1)
+    half = 1.0 / levels
     for variance in ("beta", "beta_tilde"):
         got = likelihood.ddpm_vlb(sde, score, x, variance=variance, num_levels=levels)
         if variance == "beta_tilde":
@@ -160,5 +160,5 @@ def test_non_vp_chains_and_off_grid_data_are_refused():
     with pytest.raises(ValueError, match="variance-preserving"):
         likelihood.ddpm_chain(sde_lib.subVPSDE())
     sde = sde_lib.VPSDE(N=40)
-    with pytest.raises(ValueError, match="data_min"):
+    with pytest.raises(ValueError, match="data_shift"):
         likelihood.ddpm_vlb(sde, GAUSS.discrete_score_fn(sde), torch.full((2, 4), 3.0, dtype=torch.float64))
