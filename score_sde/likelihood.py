@@ -363,7 +363,9 @@ def vlb_term(chain: Dict[str, torch.Tensor], levels: torch.Tensor, x0: torch.Ten
     log_var = _per_sample(reverse_log_variance(chain, levels, variance), x0) if v is None else \
         reverse_log_variance(chain, levels, variance, v)
     post_mean = (torch.sqrt(abar_prev) * beta * x0 + torch.sqrt(alpha) * (1 - abar_prev) * x_i) / (1 - abar)
-    kl = _gaussian_kl(post_mean, torch.log(coeff["post_var"].clamp(min=1e-300)), mean, log_var)
+    post_var = coeff["post_var"]
+    post_var = torch.where(post_var > 0, post_var, torch.ones_like(post_var))  # beta~_0 = 0: level 0 is the decoder
+    kl = _gaussian_kl(post_mean, torch.log(post_var), mean, log_var)
     first = (levels == 0).to(x0.device)
     if first.any():
         dec = -_decoder_log_prob(x0, mean, log_var, decoder, num_levels, data_scale, data_shift)
