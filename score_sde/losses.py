@@ -79,6 +79,8 @@ def sample_time(sde: SDE, u: torch.Tensor, eps: float, time_sampling: str, p_mea
         m, s = sde.mean_coeff(t), sde.marginal_std(t)
         density = (sde.diffusion(t) ** 2 / s ** 2) / (log_hi - log_lo)       # p(t) = (g^2/s^2) / Z
         return t.to(u.dtype), (1.0 / ((sde.T - eps) * density)).to(u.dtype)
+    if normal is None:
+        raise ValueError("time_sampling='lognormal' needs `normal`: standard normal draws shaped like u")
     sigma = torch.exp(p_mean + p_std * normal.double()).clamp(math.exp(0.5 * log_lo), math.exp(0.5 * log_hi))
     return sde.t_from_sigma(sigma).clamp(eps, sde.T).to(u.dtype), torch.ones_like(u)
 
