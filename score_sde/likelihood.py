@@ -32,9 +32,19 @@ DEFAULT_CHUNK_ELEMENTS = 2 ** 22   # cotangent elements per batched backward pas
 
 
 def _batched_vjp(f: torch.Tensor, x: torch.Tensor, cotangents: torch.Tensor) -> torch.Tensor:
-    """cotangents [k, *f.shape] -> [k, *x.shape]: k vector-Jacobian products in ONE vmapped backward pass."""
-    (grads,) = torch.autograd.grad(f, x, grad_outputs=cotangents, retain_graph=True, is_grads_batched=True)
-    return grads
+    """cotangents [k, *f.shape] -> [k, *x.shape]: k vector-Jacobian products in ONE vmapped backward pass.
+
+    Falls back to one backward pass per cotangent where an operation has no vmap rule (e.g. some
+    convolution / GroupNorm backward kernels on CPU), so every differentiable score_fn works."""
+    if cotangents.shape[0] > 1:
+        try:
+            (grads,) = torch.autograd.grad(f, x, grad_outputs=cotangents, retain_graph=True,
+                                           is_grads_batched=True)
+            return grads
+        except RuntimeError as err:
+            if "vmap" not in str(err):
+                raise
+    return torch.stack([torch.autograd.grad(f, x, grad_outputs=v, retain_graph=True)[0] for v in cotangents])
 
 
 def _chunk(chunk_size: Optional[int], f: torch.Tensor, total: int) -> int:

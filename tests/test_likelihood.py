@@ -150,6 +150,26 @@ def test_batched_exact_divergence_equals_one_pass_per_dimension(chunk_size):
     torch.testing.assert_close(likelihood.exact_divergence(f, x, chunk_size), _loop_divergence(f, x))
 
 
+class NoVmapSquare(torch.autograd.Function):
+    """x^2 with a hand-written backward and no vmap rule: the batched backward pass must fall back."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 2 * x * grad
+
+
+def test_exact_divergence_falls_back_where_an_op_has_no_vmap_rule():
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    f = NoVmapSquare.apply(x).flip(1) + x.sum(1, keepdim=True) * x
+    torch.testing.assert_close(likelihood.exact_divergence(f, x), _loop_divergence(f, x))
+
+
 def test_orthogonal_probes_are_orthogonal_and_d_of_them_give_the_exact_trace():
     torch.manual_seed(1)
     a = torch.randn(6, 6, dtype=torch.float64)
