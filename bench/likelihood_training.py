@@ -52,8 +52,8 @@ def main(args) -> None:
     score_fn = builders.score_fn_from_model(config, sde, model)
     _, eval_ds = datasets.get_dataset(config)                 # dequantized: config.data.uniform_dequantization
     torch.manual_seed(0)
-    x = datasets.get_data_scaler(config)(torch.stack([eval_ds[i] for i in range(min(300, len(eval_ds)))]))
-    for eps in (1e-5, 1e-3):
+    x = datasets.get_data_scaler(config)(torch.stack([eval_ds[i] for i in range(min(args.num_images, len(eval_ds)))]))
+    for eps in args.eps:
         nll, _, nfe = likelihood.get_likelihood_fn(sde, eps=eps, trace="hutchinson-rademacher")(
             score_fn, x, torch.Generator().manual_seed(1))
         bpd = likelihood.bits_per_dim(nll, x.shape[1:], num_levels=17, data_scale=2.0)
@@ -65,4 +65,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objective", choices=sorted(OBJECTIVES), default="likelihood")
     parser.add_argument("--n_iters", type=int, default=1500)
+    parser.add_argument("--num_images", type=int, default=300)
+    parser.add_argument("--eps", type=float, nargs="+", default=[1e-5, 1e-3])
     main(parser.parse_args())
