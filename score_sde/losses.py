@@ -10,16 +10,20 @@ For an eps-predicting network s * score = -eps_hat, so these are the familiar ||
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Dict, Optional
+import math
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from . import parameterization
+from . import likelihood, parameterization
 from .sde_lib import SDE
 from .utils import batch_broadcast, rand_like, randn_like
 
 LOSS_KINDS = ("dsm", "ddpm", "smld")
+WEIGHTINGS = ("eps", "likelihood", "x0", "v", "edm")
+TIME_SAMPLINGS = ("uniform", "importance", "lognormal")
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+VarianceFn = Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
 LossFn = Callable[..., torch.Tensor]
 
 
@@ -29,37 +33,157 @@ def _reduce(per_dim: torch.Tensor, reduce_mean: bool) -> torch.Tensor:
     return flat.mean(dim=1) if reduce_mean else 0.5 * flat.sum(dim=1)
 
 
+# ----------------------------------------------------------------------------- weighting and time sampling
+def eps_weight(weighting: str, m: torch.Tensor, s: torch.Tensor, g2: Optional[torch.Tensor] = None,
+               sigma_data: float = 0.5) -> torch.Tensor:
+    """w(t) such that the objective is w || eps_hat - eps ||^2, whatever the network predicts.
+
+    With sigma = s/m: eps -> 1 (Ho et al.'s L_simple); likelihood -> g^2/s^2 (lambda = g^2 on the score,
+    Song et al. 2021b, thm. 1); x0 -> sigma^2 (x0 - x0_hat = sigma (eps_hat - eps)); v -> 1 + sigma^2
+    (v - v_hat = sqrt(m^2 + s^2)/m (eps_hat - eps)); edm -> lambda(sigma) sigma^2 = (sigma^2 + sigma_data^2)
+    / sigma_data^2 (Karras et al. 2022, table 1, moved from x0 to eps space).
+    """
+    sigma2 = (s / m) ** 2
+    if weighting == "eps":
+        return torch.ones_like(s)
+    if weighting == "likelihood":
+        if g2 is None:
+            raise ValueError("likelihood weighting needs the continuous SDE's g(t); set training.continuous=True")
+        return g2 / s ** 2
+    if weighting == "x0":
+        return sigma2
+    if weighting == "v":
+        return 1 + sigma2
+    return (sigma2 + sigma_data ** 2) / sigma_data ** 2
+
+
+def sample_time(sde: SDE, u: torch.Tensor, eps: float, time_sampling: str, p_mean: float = -1.2,
+                p_std: float = 1.2, normal: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(t, importance weight) from uniforms u (or standard normals for 'lognormal').
+
+    uniform: t ~ U(eps, T), weight 1.
+    importance: log sigma^2(t) uniform on [log sigma^2(eps), log sigma^2(T)]: density p(t) = (g^2/s^2)/Z,
+      since g^2/s^2 = d log sigma^2/dt for every SDE here (Song et al. 2021b's importance sampling); the
+      weight 1/((T - eps) p(t)) keeps the expectation of the uniform-t objective, and makes the
+      likelihood-weighted integrand constant in t.
+    lognormal: EDM's ln sigma ~ N(p_mean, p_std^2) (clamped to [sigma(eps), sigma(T)]), weight 1: a different
+      objective, EDM's (Karras et al. 2022, section 5).
+    """
+    if time_sampling == "uniform":
+        return u * (sde.T - eps) + eps, torch.ones_like(u)
+    bounds = torch.tensor([eps, sde.T], dtype=torch.float64)
+    log_lo, log_hi = (2 * torch.log(sde.sigma(bounds))).tolist()
+    if time_sampling == "importance":
+        sigma = torch.exp(0.5 * (log_lo + u.double() * (log_hi - log_lo)))
+        t = sde.t_from_sigma(sigma).clamp(eps, sde.T)
+        m, s = sde.mean_coeff(t), sde.marginal_std(t)
+        density = (sde.diffusion(t) ** 2 / s ** 2) / (log_hi - log_lo)       # p(t) = (g^2/s^2) / Z
+        return t.to(u.dtype), (1.0 / ((sde.T - eps) * density)).to(u.dtype)
+    if normal is None:
+        raise ValueError("time_sampling='lognormal' needs `normal`: standard normal draws shaped like u")
+    sigma = torch.exp(p_mean + p_std * normal.double()).clamp(math.exp(0.5 * log_lo), math.exp(0.5 * log_hi))
+    return sde.t_from_sigma(sigma).clamp(eps, sde.T).to(u.dtype), torch.ones_like(u)
+
+
+def _check_weighting(weighting: str, time_sampling: str) -> None:
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown loss weighting {weighting!r}; choose one of {WEIGHTINGS}")
+    if time_sampling not in TIME_SAMPLINGS:
+        raise ValueError(f"unknown time_sampling {time_sampling!r}; choose one of {TIME_SAMPLINGS}")
+
+
+# ----------------------------------------------------------------------------- losses
 def dsm_loss(sde: SDE, score_fn: ScoreFn, x0: torch.Tensor, *, reduce_mean: bool = False,
              likelihood_weighting: bool = False, eps: float = 1e-5,
-             generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Continuous-time denoising score matching, averaged over the batch."""
+             generator: Optional[torch.Generator] = None, weighting: Optional[str] = None,
+             time_sampling: str = "uniform", sigma_data: float = 0.5, p_mean: float = -1.2,
+             p_std: float = 1.2) -> torch.Tensor:
+    """Continuous-time denoising score matching, averaged over the batch:
+        E_t w(t) || s(t) score(x_t, t) + z ||^2 = E_t w(t) || eps_hat - eps ||^2   (Song et al. 2021, eq. 7)
+    weighting (eps_weight; default 'eps', or 'likelihood' when likelihood_weighting) and time_sampling
+    (sample_time) pick the objective; a network of any prediction type reaches it through score_fn."""
+    weighting = weighting or ("likelihood" if likelihood_weighting else "eps")
+    _check_weighting(weighting, time_sampling)
     u = rand_like(x0.new_empty(x0.shape[0]), generator)
-    t = u * (sde.T - eps) + eps
+    normal = randn_like(u, generator) if time_sampling == "lognormal" else None
+    t, iw = sample_time(sde, u, eps, time_sampling, p_mean, p_std, normal)
     z = randn_like(x0, generator)
     mean, std = sde.marginal_prob(x0, t)
     std_b = batch_broadcast(std, x0)
     score = score_fn(mean + std_b * z, t)
-    if not likelihood_weighting:
-        return _reduce((score * std_b + z) ** 2, reduce_mean).mean()
-    g2 = sde.diffusion(t) ** 2
-    return (_reduce((score + z / std_b) ** 2, reduce_mean) * g2).mean()
+    g2 = sde.diffusion(t) ** 2 if weighting == "likelihood" else None
+    w = eps_weight(weighting, sde.mean_coeff(t), std, g2, sigma_data) * iw
+    return (_reduce((score * std_b + z) ** 2, reduce_mean) * w).mean()
 
 
 def discrete_loss(sde: SDE, score_fn: ScoreFn, x0: torch.Tensor, *, reduce_mean: bool = False,
-                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """DDPM eps-loss / SMLD sigma^2-weighted loss on the SDE's discrete levels (they coincide)."""
+                  generator: Optional[torch.Generator] = None, weighting: str = "eps",
+                  sigma_data: float = 0.5) -> torch.Tensor:
+    """DDPM eps-loss / SMLD sigma^2-weighted loss on the SDE's discrete levels (they coincide), optionally
+    reweighted (eps_weight with the level's m_i, s_i; 'likelihood' is continuous-only: use hybrid_loss)."""
+    _check_weighting(weighting, "uniform")
+    if weighting == "likelihood":
+        raise ValueError("likelihood weighting applies to continuous training; for discrete DDPM models "
+                         "train the bound with training.learned_variance (hybrid loss)")
     u = rand_like(x0.new_empty(x0.shape[0]), generator)
     i = torch.clamp((u * sde.N).long(), max=sde.N - 1)
     t = sde.discrete_times().to(x0)[i]
-    m, s = (batch_broadcast(v, x0) for v in sde.discrete_marginal(i, like=x0))
+    m_i, s_i = sde.discrete_marginal(i, like=x0)
+    m, s = (batch_broadcast(v, x0) for v in (m_i, s_i))
     z = randn_like(x0, generator)
     score = score_fn(m * x0 + s * z, t)
-    return _reduce((s * score + z) ** 2, reduce_mean).mean()
+    return (_reduce((s * score + z) ** 2, reduce_mean) * eps_weight(weighting, m_i, s_i, None, sigma_data)).mean()
+
+
+def learned_variance_fn(sde: SDE, model: torch.nn.Module, *, continuous: bool = False,
+                        prediction: Optional[str] = None, train: bool = False) -> VarianceFn:
+    """Wrap a learned-variance network (2C output channels) into fn(x, t) -> (eps_hat, v), v in [0, 1] the
+    interpolation between log beta and log beta~ (likelihood.split_learned_variance)."""
+    src = parameterization.model_prediction_kind(model, prediction)
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        model.train(train)
+        pred, v = likelihood.split_learned_variance(model(x, sde.network_label(t, continuous)).to(x.dtype))
+        if pred.shape != x.shape:
+            raise ValueError(f"learned-variance output {tuple(pred.shape)} per half differs from the input "
+                             f"{tuple(x.shape)}; build the model with learned_variance=True (2C channels)")
+        m, s = parameterization.marginal_coeffs(sde, t, continuous, pred)
+        return parameterization.convert(pred, x, m, s, src, "eps"), v
+
+    return fn
+
+
+def hybrid_loss(sde: SDE, model_fn: VarianceFn, x0: torch.Tensor, *, vlb_weight: float = 1e-3,
+                reduce_mean: bool = True, num_levels: int = 256, data_scale: float = 2.0,
+                data_shift: float = -1.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Improved DDPM's L_hybrid = L_simple + lambda L_vlb (Nichol & Dhariwal 2021, section 3.1) on the VP chain.
+
+    model_fn(x_i, t_i) -> (eps_hat, v). At a uniform level i: ||eps_hat - eps||^2 plus lambda N L_i, the
+    one-term estimate of the bound's sum, with L_i the KL (decoder -log p at i = 0) in bits, computed from the
+    mean with eps_hat DETACHED: the bound trains only the variance, L_simple the mean.
+    """
+    chain = likelihood.ddpm_chain(sde)
+    u = rand_like(x0.new_empty(x0.shape[0]), generator)
+    levels = torch.clamp((u * sde.N).long(), max=sde.N - 1)
+    z = randn_like(x0, generator)
+    m, s = (batch_broadcast(c, x0) for c in sde.discrete_marginal(levels, like=x0))
+    x_i = m * x0 + s * z
+    eps_hat, v = model_fn(x_i, sde.discrete_times().to(x0)[levels])
+    terms = likelihood.vlb_term(chain, levels, x0, x_i, eps_hat.detach(), variance="learned", v=v,
+                                num_levels=num_levels, data_scale=data_scale, data_shift=data_shift)
+    d = x0[0].numel()
+    vlb = terms / math.log(2) / (d if reduce_mean else 1)
+    return (_reduce((eps_hat - z) ** 2, reduce_mean) + vlb_weight * sde.N * vlb).mean()
 
 
 def get_loss_fn(sde: SDE, *, kind: str = "dsm", reduce_mean: bool = False,
-                likelihood_weighting: bool = False, eps: float = 1e-5) -> LossFn:
-    """loss_fn(score_fn, x0, generator=None) -> scalar, for kind 'dsm' (continuous), 'ddpm' or 'smld'."""
+                likelihood_weighting: bool = False, eps: float = 1e-5, weighting: Optional[str] = None,
+                time_sampling: str = "uniform", sigma_data: float = 0.5, p_mean: float = -1.2,
+                p_std: float = 1.2) -> LossFn:
+    """loss_fn(score_fn, x0, generator=None) -> scalar, for kind 'dsm' (continuous), 'ddpm' or 'smld'.
+
+    weighting: None (eps, or likelihood when likelihood_weighting) or one of WEIGHTINGS; time_sampling:
+    one of TIME_SAMPLINGS (continuous only)."""
     if kind not in LOSS_KINDS:
         raise ValueError(f"unknown loss kind {kind!r}; choose one of {LOSS_KINDS}")
     if not 0 < eps < sde.T:
@@ -67,12 +191,21 @@ def get_loss_fn(sde: SDE, *, kind: str = "dsm", reduce_mean: bool = False,
     if kind != "dsm" and likelihood_weighting:
         raise ValueError("likelihood_weighting applies to continuous training only; "
                          "set training.continuous=True or training.likelihood_weighting=False")
+    if weighting is not None and likelihood_weighting and weighting != "likelihood":
+        raise ValueError(f"likelihood_weighting=True contradicts weighting={weighting!r}; set only one")
+    weighting = weighting or ("likelihood" if likelihood_weighting else "eps")
+    _check_weighting(weighting, time_sampling)
+    if kind != "dsm" and (weighting == "likelihood" or time_sampling != "uniform"):
+        raise ValueError("likelihood weighting and importance/lognormal time sampling apply to continuous "
+                         "training only; set training.continuous=True")
 
     def loss_fn(score_fn: ScoreFn, x0: torch.Tensor, generator: Optional[torch.Generator] = None):
         if kind == "dsm":
-            return dsm_loss(sde, score_fn, x0, reduce_mean=reduce_mean,
-                            likelihood_weighting=likelihood_weighting, eps=eps, generator=generator)
-        return discrete_loss(sde, score_fn, x0, reduce_mean=reduce_mean, generator=generator)
+            return dsm_loss(sde, score_fn, x0, reduce_mean=reduce_mean, eps=eps, generator=generator,
+                            weighting=weighting, time_sampling=time_sampling, sigma_data=sigma_data,
+                            p_mean=p_mean, p_std=p_std)
+        return discrete_loss(sde, score_fn, x0, reduce_mean=reduce_mean, generator=generator,
+                             weighting=weighting, sigma_data=sigma_data)
 
     return loss_fn
 
@@ -121,19 +254,33 @@ def autocast_context(device: torch.device, precision: str):
 def get_step_fn(sde: SDE, *, train: bool, optimize_fn: Optional[Callable] = None, kind: str = "dsm",
                 continuous: bool = True, reduce_mean: bool = False, likelihood_weighting: bool = False,
                 eps: float = 1e-5, prediction: Optional[str] = None,
-                precision: str = "fp32") -> Callable[[Dict, torch.Tensor], Dict[str, float]]:
+                precision: str = "fp32", weighting: Optional[str] = None, time_sampling: str = "uniform",
+                sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2,
+                learned_variance: bool = False, vlb_weight: float = 1e-3, num_levels: int = 256,
+                data_scale: float = 2.0, data_shift: float = -1.0) -> Callable[[Dict, torch.Tensor], Dict[str, float]]:
     """One optimization step (train) or one EMA-weight loss evaluation (eval) on a batch.
 
+    The objective: get_loss_fn's options, or with learned_variance the hybrid loss (discrete VP only).
     `state` holds model, ema, optimizer and step. A non-finite loss raises FloatingPointError
     before any parameter is touched, so the last good checkpoint stays valid.
     """
-    loss_fn = get_loss_fn(sde, kind=kind, reduce_mean=reduce_mean,
-                          likelihood_weighting=likelihood_weighting, eps=eps)
+    loss_fn = get_loss_fn(sde, kind=kind, reduce_mean=reduce_mean, likelihood_weighting=likelihood_weighting,
+                          eps=eps, weighting=weighting, time_sampling=time_sampling, sigma_data=sigma_data,
+                          p_mean=p_mean, p_std=p_std)
+    if learned_variance:
+        if continuous or kind != "ddpm":
+            raise ValueError("learned variances (hybrid loss) apply to discrete DDPM training; set "
+                             "training.continuous=False on a VP SDE, or learned_variance=False")
+        likelihood.ddpm_chain(sde)  # a VP chain, or a clear error now rather than at the first step
 
     def compute_loss(model, batch, is_train: bool) -> torch.Tensor:
-        score_fn = parameterization.get_score_fn(sde, model, continuous=continuous,
-                                                 prediction=prediction, train=is_train)
         with autocast_context(batch.device, precision):
+            if learned_variance:
+                fn = learned_variance_fn(sde, model, continuous=False, prediction=prediction, train=is_train)
+                return hybrid_loss(sde, fn, batch, vlb_weight=vlb_weight, reduce_mean=reduce_mean,
+                                   num_levels=num_levels, data_scale=data_scale, data_shift=data_shift).float()
+            score_fn = parameterization.get_score_fn(sde, model, continuous=continuous,
+                                                     prediction=prediction, train=is_train)
             return loss_fn(score_fn, batch).float()
 
     def step_fn(state: Dict, batch: torch.Tensor) -> Dict[str, float]:

@@ -150,3 +150,16 @@ def image_like_mixture(dim: int = 64, k: int = 8, seed: int = 0, decades: float 
     weights = torch.rand(k, generator=g, dtype=torch.float64) + 0.5
     means = spread * torch.randn(k, dim, generator=g, dtype=torch.float64)
     return GaussianMixture(weights / weights.sum(), means, eig=(vals, vecs))
+
+
+def power_law_mixture(dim: int = 64, k: int = 4, seed: int = 0, alpha: float = 1.5, top_std: float = 0.5,
+                      spread: float = 0.5) -> GaussianMixture:
+    """An image-like mixture: every component's covariance has the spectrum top_std^2 j^-alpha
+    (j = 1..dim, natural images' power law) in its own random rotation; means N(0, spread^2 I)."""
+    g = torch.Generator().manual_seed(seed)
+    spectrum = top_std ** 2 * torch.arange(1, dim + 1, dtype=torch.float64) ** -alpha
+    q, r = torch.linalg.qr(torch.randn(k, dim, dim, generator=g, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r, dim1=1, dim2=2)).unsqueeze(1)      # Haar rotations
+    covs = q @ torch.diag_embed(spectrum.expand(k, dim)) @ q.transpose(1, 2)
+    means = spread * torch.randn(k, dim, generator=g, dtype=torch.float64)
+    return GaussianMixture(torch.full((k,), 1.0 / k, dtype=torch.float64), means, covs)

@@ -16,7 +16,8 @@ from .label import class_embedding, embed_class
 
 class ConditionalMLP(nn.Module):
     def __init__(self, dim: int, hidden_dims: Sequence[int] = (128, 128, 128), embedding_dim: int = 64,
-                 nonlinearity: str = "swish", label_scale: float = 1.0, num_classes: Optional[int] = None) -> None:
+                 nonlinearity: str = "swish", label_scale: float = 1.0, num_classes: Optional[int] = None,
+                 learned_variance: bool = False) -> None:
         super().__init__()
         if dim < 1 or not hidden_dims:
             raise ValueError(f"MLP needs data dimension >= 1 and at least one hidden layer, got {dim}, {hidden_dims}")
@@ -27,7 +28,7 @@ class ConditionalMLP(nn.Module):
         widths = [dim, *hidden_dims]
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         self.label_proj = nn.ModuleList(nn.Linear(embedding_dim, b) for b in hidden_dims)
-        self.out = nn.Linear(widths[-1], dim)
+        self.out = nn.Linear(widths[-1], 2 * dim if learned_variance else dim)  # (prediction, variance)
         self.class_embed = class_embedding(num_classes, embedding_dim)  # None: unconditional, state dict unchanged
         if self.class_embed is not None:
             self.null_class = num_classes

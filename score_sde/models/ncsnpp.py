@@ -52,6 +52,7 @@ class UNetOptions:
     norm_fn: NormFn = layers.ncsnpp_norm
     always_embed: bool = False                      # DDPM: the embedding MLP exists even if unconditional
     num_classes: Optional[int] = None               # class-conditional: a label embedding (models/label.py)
+    learned_variance: bool = False                  # improved DDPM: 2x output channels (prediction, variance)
 
 
 def get_sigmas(config) -> np.ndarray:
@@ -230,7 +231,10 @@ class UNet(nn.Module):
         self.norm_out = self.conv_out = None
         if self.progressive != "output_skip":
             self.norm_out = o.norm_fn(in_ch)
-            self.conv_out = conv3x3(in_ch, o.channels, init_scale=o.init_scale)
+            out_channels = 2 * o.channels if o.learned_variance else o.channels  # see likelihood.split_learned_variance
+            self.conv_out = conv3x3(in_ch, out_channels, init_scale=o.init_scale)
+        elif o.learned_variance:
+            raise ValueError("learned_variance needs a plain output head; set progressive to 'none' or 'input_skip'")
         if o.num_classes:  # registered last: the unconditional state-dict order is unchanged
             if not o.conditional:
                 raise ValueError("a class-conditional U-Net needs the noise embedding: set model.conditional=True")
