@@ -325,7 +325,11 @@ class Spec(Section):
         explicit = dict(sampling_overrides or {})
         for path, text in (overrides or {}).items():
             section, _, name = path.partition(".")
-            if section == "sampling":
+            if not name:
+                top[section] = parse_field("", section, text)
+                if top[section] is None:
+                    del top[section]
+            elif section == "sampling":
                 explicit[name] = parse_option(name, text)
             else:
                 raws[section][name] = parse_field(section, name, text)
@@ -346,6 +350,8 @@ class Spec(Section):
 def is_spec_field(path: str) -> bool:
     """True for "section.field" paths the spec knows (sampling: any sampler option, method, progress)."""
     section, _, name = path.partition(".")
+    if not name:
+        return section in ("seed", "device")
     if section == "sampling":
         return name in sampler_option_types() or name in ("method", "progress")
     klass = _SECTIONS.get(section)
@@ -354,18 +360,18 @@ def is_spec_field(path: str) -> bool:
 
 def parse_field(section: str, name: str, text: str) -> Any:
     """Command-line text for a (non-sampling) spec field -> value of the field's type; 'None' -> None."""
-    klass = _SECTIONS[section]
+    klass = _SECTIONS.get(section, Spec)
     base = _base_type(typing.get_type_hints(klass)[name])
     if text.strip() == "None":
         return None
     if base is bool:
         if text.lower() not in ("true", "false", "1", "0"):
-            raise ValueError(f"--config.{section}.{name} takes True or False, got {text!r}")
+            raise ValueError(f"--config.{section}.{name} takes True or False, got {text!r}".replace("..", "."))
         return text.lower() in ("true", "1")
     try:
         return base(text) if base in (int, float, str) else text
     except ValueError:
-        raise ValueError(f"--config.{section}.{name}={text!r} is not a {base.__name__}") from None
+        raise ValueError(f"--config.{section}.{name}={text!r} is not a {base.__name__}".replace("..", ".")) from None
 
 
 def _json_default(value: Any) -> Any:
