@@ -17,25 +17,12 @@ import os
 import sys
 from typing import Dict, List, Optional, Tuple
 
+# idle OpenMP threads sleep instead of spinning (set before torch loads libgomp): on a machine shared
+# with other jobs spinning threads made training 20x slower (bench/threads.py, bench/RESULTS.md)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from absl import app, flags
 from ml_collections import config_flags
-
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Training/evaluation config file (configs/...).", lock_config=True)
-flags.DEFINE_string("workdir", None, "Folder for checkpoints, TensorBoard logs and samples.")
-flags.DEFINE_enum("mode", None, ["train", "eval", "sample"], "Running mode: train, eval or sample.")
-flags.DEFINE_string("eval_folder", "eval", "Sub-folder of workdir for evaluation results (eval/sample modes).")
-flags.DEFINE_bool("progress", True, "Rank-0 progress bars for training, sampling, bits/dim and evaluation loops.")
-flags.DEFINE_integer("threads", None, "CPU threads for torch (default: min(cores, 4), see docs/configuration.md).")
-flags.mark_flags_as_required(["config", "workdir", "mode"])
-
-# errors caused by the user's flags, configs, paths or data: reported in one line, no traceback
-USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, FloatingPointError, KeyError)
-
-
-# --config.<section>.<field>=<value> overrides that main.py applies through the spec (not config_flags)
-SPEC_OVERRIDES: Dict[str, str] = {}
-
 
 def split_overrides(argv: List[str]) -> Tuple[List[str], Dict[str, str]]:
     """Take out the overrides the spec applies: spec fields, sampler options and `=None` resets.
@@ -52,6 +39,24 @@ def split_overrides(argv: List[str]) -> Tuple[List[str], Dict[str, str]]:
         else:
             rest.append(arg)
     return rest, taken
+
+
+# config_flags reads its overrides from sys.argv when the flag is defined: take ours out first
+SPEC_OVERRIDES: Dict[str, str] = {}
+if __name__ == "__main__":
+    sys.argv, SPEC_OVERRIDES = split_overrides(sys.argv)
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training/evaluation config file (configs/...).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Folder for checkpoints, TensorBoard logs and samples.")
+flags.DEFINE_enum("mode", None, ["train", "eval", "sample"], "Running mode: train, eval or sample.")
+flags.DEFINE_string("eval_folder", "eval", "Sub-folder of workdir for evaluation results (eval/sample modes).")
+flags.DEFINE_bool("progress", True, "Rank-0 progress bars for training, sampling, bits/dim and evaluation loops.")
+flags.DEFINE_integer("threads", None, "CPU threads for torch (default: min(cores, 4), see docs/configuration.md).")
+flags.mark_flags_as_required(["config", "workdir", "mode"])
+
+# errors caused by the user's flags, configs, paths or data: reported in one line, no traceback
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, FloatingPointError, KeyError)
 
 
 def set_threads(threads: Optional[int]) -> None:
@@ -121,7 +126,7 @@ def _field_name(e: BaseException) -> str:
 def parse_flags(argv):
     """absl flag parsing where flag/config-file mistakes print one line instead of absl's usage wall."""
     try:
-        argv, taken = split_overrides(argv)
+        argv, taken = split_overrides(argv)  # (sys.argv was split already; argv may be another list)
         SPEC_OVERRIDES.update(taken)
         argv = FLAGS(argv)
         FLAGS.config.get("seed")  # config_flags defers config-file errors to the first access: surface them here

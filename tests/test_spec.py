@@ -58,7 +58,7 @@ def test_sigma_max_override_for_heun_and_error_for_a_sampler_without_it():
 
 
 def test_bad_values_and_fields_are_one_line_errors():
-    with pytest.raises(ValueError, match="steps='ten' is not a int"):
+    with pytest.raises(ValueError, match="steps='ten' is not an integer"):
         spec_of(DIGITS, "--config.sampling.steps=ten")
     with pytest.raises(ValueError, match="is not a sampler; choose one of"):
         spec_of(DIGITS, "--config.sampling.method=nope")
@@ -142,3 +142,21 @@ def test_load_sample_and_nll(trained):
 def test_load_errors_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint under"):
         score_sde.load(str(tmp_path))
+
+
+def test_command_line_ode_with_tolerances_and_none_steps(trained, tmp_path):
+    """The README's override through main.py itself: method switched, tolerances set, steps reset."""
+    import subprocess
+    import sys
+    wd, _ = trained
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, os.path.join(root, "main.py"), "--config", "configs/vp/toy_mlp_continuous.py",
+         f"--workdir={wd}", "--mode=sample", "--eval_folder=cli", "--noprogress", "--config.device=cpu",
+         "--config.eval.num_samples=2", "--config.eval.batch_size=2", "--config.sampling.method=ode",
+         "--config.sampling.rtol=1e-3", "--config.sampling.atol=1e-3", "--config.sampling.steps=None"],
+        cwd=root, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    (folder,) = os.listdir(os.path.join(wd, "cli", "sample_3"))
+    report = json.load(open(os.path.join(wd, "cli", "sample_3", folder, "report.json")))
+    assert report["sampler"] == "ode" and report["options"]["rtol"] == 1e-3 and report["options"]["steps"] is None

@@ -371,7 +371,7 @@ def parse_field(section: str, name: str, text: str) -> Any:
     try:
         return base(text) if base in (int, float, str) else text
     except ValueError:
-        raise ValueError(f"--config.{section}.{name}={text!r} is not a {base.__name__}".replace("..", ".")) from None
+        raise ValueError(f"--config.{section}.{name}={text!r} is not {_KIND[base]}".replace("..", ".")) from None
 
 
 def _json_default(value: Any) -> Any:
@@ -474,6 +474,9 @@ def sampler_option_types() -> Dict[str, type]:
     return out
 
 
+_KIND = {int: "an integer", float: "a number", str: "a string", bool: "True or False"}
+
+
 def parse_option(name: str, text: str) -> Any:
     """A command-line string for sampling field `name` -> its value ('None': the sampler's default)."""
     types_ = {**sampler_option_types(), "method": str, "progress": bool}
@@ -489,7 +492,7 @@ def parse_option(name: str, text: str) -> Any:
     try:
         return t(text)
     except ValueError:
-        raise ValueError(f"--config.sampling.{name}={text!r} is not a {t.__name__}") from None
+        raise ValueError(f"--config.sampling.{name}={text!r} is not {_KIND[t]}") from None
 
 
 def check_sampler_options(method: str, options: Mapping[str, Any]) -> None:
