@@ -1,10 +1,11 @@
 """Evaluation and sampling of trained checkpoints: eval loss, bits/dim, samples with ANY sampler, metrics.
 
-`evaluate(config, workdir)` walks the checkpoints whose training STEP lies in
-[eval.begin_ckpt, eval.end_ckpt] (score_sde_pytorch counts checkpoint numbers instead) and writes,
+`evaluate(spec, workdir)` takes the newest checkpoint, or, when a range is set, the checkpoints whose
+training STEP lies in [eval.begin_ckpt, eval.end_ckpt] (score_sde_pytorch counts checkpoint numbers
+instead), and writes,
 under `<workdir>/<eval_folder>/ckpt_<step>/`: loss.json, bpd.json and one folder per sampler
 configuration `<method>_<hash of its options>/` holding samples.npz, samples.png and report.json.
-`sample(config, workdir)` draws eval.num_samples samples from the newest checkpoint.
+`sample(spec, workdir)` draws eval.num_samples samples from the newest checkpoint.
 Every file is written by rank 0 only; a report is written last, so it marks finished work and
 re-running skips it. Runs under torchrun: samples and bpd examples are split across ranks and
 gathered after the per-rank loops.
@@ -15,7 +16,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -60,6 +61,13 @@ class _Context:
     state: Dict[str, Any]
     shape: Tuple[int, ...]           # one item, no batch dimension
     seed: int
+    data: Dict[Tuple[str, bool], Any] = field(default_factory=dict)   # splits built once per run
+
+    def split(self, name: str, dequantize: bool = False):
+        """The data split `name` ('train' or 'test'), built on first use and kept for every checkpoint."""
+        if (name, dequantize) not in self.data:
+            self.data[name, dequantize] = _split(self.config, name, dequantize)
+        return self.data[name, dequantize]
 
     @property
     def model(self) -> torch.nn.Module:
@@ -159,7 +167,7 @@ def eval_loss(ctx: _Context) -> Dict[str, float]:
     step_fn = losses.get_step_fn(ctx.sde, train=False, kind=tr.loss_kind, continuous=tr.continuous,
                                  reduce_mean=tr.reduce_mean, likelihood_weighting=tr.likelihood_weighting,
                                  prediction=cfg.model.prediction, precision=precision)
-    ds, scaler = _split(cfg, "test"), datasets.get_data_scaler(cfg)
+    ds, scaler = ctx.split("test"), datasets.get_data_scaler(cfg)
     torch.manual_seed(distributed.rank_seed(ctx.seed, info.rank))
     total = torch.zeros(2, dtype=torch.float64)
     for batch in _batches(ds, distributed.shard_indices(len(ds), info), cfg.eval.batch_size, _bar(ctx, "eval loss")):
@@ -182,7 +190,7 @@ def _bits_per_dim(nll: torch.Tensor, config: Any, shape: Tuple[int, ...]) -> tor
 def eval_bpd(ctx: _Context, score_fn: Callable) -> Dict[str, float]:
     """Bits/dim on eval.bpd_dataset via the probability-flow ODE (eval.bpd_trace estimator)."""
     cfg, info = ctx.config, ctx.info
-    ds = _split(cfg, cfg.eval.bpd_dataset, dequantize=True)
+    ds = ctx.split(cfg.eval.bpd_dataset, dequantize=True)
     bs, limit = cfg.eval.batch_size, cfg.eval.bpd_num_batches
     n = len(ds) if not limit else min(len(ds), limit * bs)
     nll_fn = likelihood.get_likelihood_fn(ctx.sde, trace=cfg.eval.bpd_trace)
@@ -259,7 +267,7 @@ def save_picture(ctx: _Context, x_data: torch.Tensor, path: str) -> Optional[str
 # ----------------------------------------------------------------------------------------------
 def _reference(ctx: _Context, name: str, limit: int) -> torch.Tensor:
     """Up to `limit` items of split `name` in data space (deterministic given config.seed)."""
-    ds = _split(ctx.config, name)
+    ds = ctx.split(name)
     torch.manual_seed(ctx.seed)
     return torch.stack([ds[i] for i in range(min(len(ds), limit))])
 
