@@ -274,7 +274,8 @@ def _reference(ctx: _Context, name: str, limit: int) -> torch.Tensor:
 
 def _fid(ctx: _Context, x_data: torch.Tensor, ref: torch.Tensor) -> float:
     net = inception.load_inception(check_inception_path(ctx.config), device=ctx.info.device)
-    feats = [inception.inception_features(net, x, batch_size=ctx.config.eval.batch_size) for x in (x_data, ref)]
+    feats = [inception.inception_features(net, x, batch_size=ctx.config.eval.batch_size,
+                                          progress=_bar(ctx, "f") is not None) for x in (x_data, ref)]
     return float(metrics.fid_from_features(*feats))
 
 
