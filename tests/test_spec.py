@@ -79,6 +79,14 @@ def test_prediction_v_on_the_vp_toy_config():
         spec_of(TOY, "--config.model.prediction=w")
 
 
+def test_switching_method_keeps_the_file_options_of_other_samplers():
+    spec = spec_of(DIGITS)  # ddim config that also sets pc's predictor/corrector
+    pc = spec.sampling.with_options("pc")
+    assert pc.options["predictor"] == "euler_maruyama" and pc.options["corrector"] == "none"
+    assert "steps" not in pc.options  # ddim's steps=100 stays with ddim
+    assert Spec.from_config(spec.to_json()).sampling.with_options("pc") == pc
+
+
 def test_spec_round_trips_through_json():
     spec = spec_of(DIGITS, "--config.sampling.method=heun", "--config.sampling.sigma_max=20")
     again = Spec.from_config(spec.to_json())

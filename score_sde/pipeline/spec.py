@@ -204,22 +204,26 @@ class OptimSpec(Section):
 
 @dataclass(frozen=True)
 class SamplingSpec(Section):
-    """The sampler and the options it is given; options left out take the sampler's own defaults."""
+    """The sampler and the options it is given; options left out take the sampler's own defaults.
+
+    `others` keeps the config file's options for other samplers (e.g. pc's predictor in a ddim
+    config): they apply when the method is switched (`with_options`, the command line)."""
     method: str = "pc"
     options: Mapping[str, Any] = field(default_factory=dict)
     progress: bool = False                  # a progress bar over the sampler's steps (rank 0)
+    others: Mapping[str, Any] = field(default_factory=dict)
 
     def _check(self) -> None:
         object.__setattr__(self, "options", types.MappingProxyType(dict(self.options)))
+        object.__setattr__(self, "others", types.MappingProxyType(dict(self.others)))
         check_sampler_options(self.method, self.options)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"method": self.method, **dict(self.options), "progress": self.progress}
+        return {"method": self.method, **dict(self.others), **dict(self.options), "progress": self.progress}
 
     def with_options(self, method: Optional[str] = None, **options: Any) -> "SamplingSpec":
         """This sampling with another method and/or explicit options (None: the sampler's default)."""
-        base = {"method": self.method, **dict(self.options)}
-        return resolve_sampling(base, {**({"method": method} if method else {}), **options}, self.progress)
+        return resolve_sampling(self.to_dict(), {**({"method": method} if method else {}), **options}, self.progress)
 
 
 @dataclass(frozen=True)
@@ -524,12 +528,13 @@ def resolve_sampling(file: Mapping[str, Any], explicit: Mapping[str, Any], progr
     valid = set(sampler_option_names(method))
     own = set(sampler_option_names(file_method)) if method != file_method else set()
     options = {k: v for k, v in file.items() if k in valid and k not in own and v is not None}
+    others = {k: v for k, v in file.items() if k in all_options - valid - own and v is not None}
     given = {k: v for k, v in explicit.items() if k not in ("method", "progress")}
     check_sampler_options(method, given)
     options.update({k: v for k, v in given.items() if v is not None})
     for k in [k for k, v in given.items() if v is None]:
         options.pop(k, None)
-    return SamplingSpec(method=method, options=options, progress=bool(progress or False))
+    return SamplingSpec(method=method, options=options, progress=bool(progress or False), others=others)
 
 
 def as_spec(config: Any) -> Spec:
