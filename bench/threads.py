@@ -7,7 +7,7 @@ Each row runs `--steps` full training steps (score_sde.losses step on a syntheti
 3 warm-up steps) in a fresh process. "loaded": another process runs a 2-thread torch matmul loop on
 the same cores for the whole measurement (what a second job on a shared machine does).
 Settings: torch's default (one OpenMP thread per core, libgomp's spinning wait policy), the same
-threads with OMP_WAIT_POLICY=PASSIVE (what main.py sets unless the variable is given), and one thread.
+threads with OMP_WAIT_POLICY=PASSIVE, one thread, and shorter spins before sleeping (GOMP_SPINCOUNT).
 """
 from __future__ import annotations
 
@@ -48,6 +48,8 @@ SETTINGS = {
     "default (2 threads, spinning)": {"OMP_WAIT_POLICY": None, "OMP_NUM_THREADS": None},
     "2 threads, OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": None},
     "1 thread": {"OMP_WAIT_POLICY": None, "OMP_NUM_THREADS": "1"},
+    "2 threads, GOMP_SPINCOUNT=10000": {"OMP_WAIT_POLICY": None, "OMP_NUM_THREADS": None, "GOMP_SPINCOUNT": "10000"},
+    "2 threads, GOMP_SPINCOUNT=100000": {"OMP_WAIT_POLICY": None, "OMP_NUM_THREADS": None, "GOMP_SPINCOUNT": "100000"},
 }
 
 
@@ -76,9 +78,12 @@ def run(changes, steps: int, loaded: bool) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--only", default="", help="run only the settings whose name contains this text")
     args = parser.parse_args()
     print(f"| setting | idle steps/s | loaded steps/s | loaded / idle |\n|---|---|---|---|")
     for name, changes in SETTINGS.items():
+        if args.only not in name:
+            continue
         idle, loaded = run(changes, args.steps, False), run(changes, args.steps, True)
         print(f"| {name} | {idle:.2f} | {loaded:.2f} | {loaded / idle:.2f} |", flush=True)
 
