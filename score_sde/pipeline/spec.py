@@ -52,7 +52,8 @@ class Section:
         return hasattr(self, name)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {f.name: (lambda v: v.to_dict() if isinstance(v, Section) else v)(getattr(self, f.name))
+                for f in dataclasses.fields(self)}
 
     def _check(self) -> None:
         """Raise ValueError naming the field and the fix; sections override this."""
@@ -336,7 +337,11 @@ class Spec(Section):
             elif section == "sampling":
                 explicit[name] = parse_option(name, text)
             else:
-                raws[section][name] = parse_field(section, name, text)
+                target, *inner, leaf = path.split(".")
+                node = raws[target]
+                for part in inner:  # a nested section (e.g. eval.likelihood.rtol)
+                    node = node.setdefault(part, {})
+                node[leaf] = parse_field(section, name, text)
         sections: Dict[str, Any] = {}
         for name, klass in _SECTIONS.items():
             raw = raws[name]
@@ -351,31 +356,48 @@ class Spec(Section):
         return cls(**top, **sections)
 
 
+def _field_hint(path: str) -> Any:
+    """The type hint of the spec field at a dotted path ("eval.batch_size", "seed"), or None."""
+    klass: Any = Spec
+    for i, part in enumerate(path.split(".")):
+        if not (isinstance(klass, type) and issubclass(klass, Section)):
+            return None
+        names = {f.name for f in dataclasses.fields(klass)} - {"arch", "options", "others"}
+        if part not in names:
+            return None
+        klass = typing.get_type_hints(klass)[part]
+    return klass
+
+
+def _is_section(hint: Any) -> bool:
+    return isinstance(hint, type) and issubclass(hint, Section)
+
+
 def is_spec_field(path: str) -> bool:
-    """True for "section.field" paths the spec knows (sampling: any sampler option, method, progress)."""
+    """True for dotted paths of spec fields ("seed", "eval.batch_size", nested sections' fields) and
+    for sampling.<any sampler option>, sampling.method and sampling.progress."""
     section, _, name = path.partition(".")
-    if not name:
-        return section in ("seed", "device")
-    if section == "sampling":
+    if section == "sampling" and name:
         return name in sampler_option_types() or name in ("method", "progress")
-    klass = _SECTIONS.get(section)
-    return klass is not None and name in {f.name for f in dataclasses.fields(klass)} - {"arch", "options"}
+    hint = _field_hint(path)
+    return hint is not None and not _is_section(hint)
 
 
 def parse_field(section: str, name: str, text: str) -> Any:
-    """Command-line text for a (non-sampling) spec field -> value of the field's type; 'None' -> None."""
-    klass = _SECTIONS.get(section, Spec)
-    base = _base_type(typing.get_type_hints(klass)[name])
+    """Command-line text for the (non-sampling) spec field `section.name` -> a value of its type;
+    'None' -> None (the default)."""
+    path = f"{section}.{name}" if name else section
+    base = _base_type(_field_hint(path))
     if text.strip() == "None":
         return None
     if base is bool:
         if text.lower() not in ("true", "false", "1", "0"):
-            raise ValueError(f"--config.{section}.{name} takes True or False, got {text!r}".replace("..", "."))
+            raise ValueError(f"--config.{path} takes True or False, got {text!r}")
         return text.lower() in ("true", "1")
     try:
         return base(text) if base in (int, float, str) else text
     except ValueError:
-        raise ValueError(f"--config.{section}.{name}={text!r} is not {_KIND[base]}".replace("..", ".")) from None
+        raise ValueError(f"--config.{path}={text!r} is not {_KIND[base]}") from None
 
 
 def _json_default(value: Any) -> Any:
@@ -402,7 +424,12 @@ def _section_items(config: Any, name: str) -> Dict[str, Any]:
 
 
 def _plain(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
+    """Lists -> tuples; nested config sections -> plain dicts."""
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(value, Mapping) or (hasattr(value, "keys") and hasattr(value, "get") and not isinstance(value, Section)):
+        return {str(k): _plain(value[k]) for k in list(value.keys())}
+    return value
 
 
 def _build(klass: type, section: str, raw: Dict[str, Any], build: bool = True) -> Any:
@@ -413,7 +440,8 @@ def _build(klass: type, section: str, raw: Dict[str, Any], build: bool = True) -
     if unknown:
         raise ValueError(f"config.{section} has unknown field(s) {unknown}; valid fields: {sorted(fields)}")
     hints = typing.get_type_hints(klass)
-    values = {k: _coerce(section, k, v, hints[k]) for k, v in raw.items() if v is not None}
+    values = {k: _build(hints[k], f"{section}.{k}", v) if _is_section(hints[k]) and isinstance(v, Mapping)
+              else _coerce(section, k, v, hints[k]) for k, v in raw.items() if v is not None}
     return klass(**values) if build else values
 
 
