@@ -32,8 +32,6 @@ SPLITS = ("test", "train")
 TRACES = ("exact", "hutchinson-rademacher", "hutchinson-gaussian")
 # sampler keyword arguments the pipeline fills itself (not config fields)
 RUNTIME_OPTIONS = ("device", "dtype", "progress")
-# score_sde_pytorch's own sampling fields that are not sampler options here: read and ignored
-IGNORED_SAMPLING = ("eps_min",)
 
 
 class Section:
@@ -544,7 +542,6 @@ def resolve_sampling(file: Mapping[str, Any], explicit: Mapping[str, Any], progr
     any sampler that takes them and are ignored otherwise. Explicit options win; None means "the
     sampler's default"; an explicit option the chosen sampler does not take is an error."""
     all_options = set(sampler_option_types())
-    file = {k: v for k, v in file.items() if k not in IGNORED_SAMPLING}
     file_method = str(file.get("method") or "pc")
     method = str(explicit.get("method") or file_method)
     if explicit.get("progress") is not None:
