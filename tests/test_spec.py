@@ -68,6 +68,9 @@ def test_bad_values_and_fields_are_one_line_errors():
     config.sampling.stepz = 3
     with pytest.raises(ValueError, match=r"field\(s\) \['stepz'\] that no sampler takes"):
         Spec.from_config(config)
+    assert spec_of(DIGITS, "--config.seed=7", "--config.device=cpu").seed == 7
+    with pytest.raises(ValueError, match="--config.seed='x' is not an integer"):
+        spec_of(DIGITS, "--config.seed=x")
     with pytest.raises(ValueError, match="config.training.n_iters must be a positive integer"):
         spec_of(DIGITS, "--config.training.n_iters=0")
 

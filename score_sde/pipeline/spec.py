@@ -285,7 +285,10 @@ class Spec(Section):
     eval: EvalSpec = field(default_factory=EvalSpec)
 
     def _check(self) -> None:
-        _choice("", "device", self.device, DEVICES)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"config.seed must be an integer, got {self.seed!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"config.device={self.device!r}; choose one of {DEVICES}")
 
     @property
     def shape(self) -> Tuple[int, ...]:
@@ -384,7 +387,7 @@ def is_spec_field(path: str) -> bool:
 def parse_field(section: str, name: str, text: str) -> Any:
     """Command-line text for the (non-sampling) spec field `section.name` -> a value of its type;
     'None' -> None (the default)."""
-    path = f"{section}.{name}" if name else section
+    path = ".".join(p for p in (section, name) if p)
     base = _base_type(_field_hint(path))
     if text.strip() == "None":
         return None
