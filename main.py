@@ -5,36 +5,85 @@
         --config.sampling.method=ode
 
 Any config field can be overridden with --config.<section>.<field>=<value>; a misspelled field is an
-error. Mistakes in flags, configs or paths end with a one-line `error: ...` and exit status 1.
+error. Every field of the spec (score_sde/pipeline/spec.py) and every option of every sampler can be
+set even where the config file leaves it out, and `=None` resets a field to its default (a sampler
+option: to the sampler's own default). Mistakes in flags, configs or paths end with a one-line
+`error: ...` and exit status 1.
 """
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from typing import Dict, List, Optional, Tuple
+
+# idle OpenMP threads sleep instead of spinning (set before torch loads libgomp): on a machine shared
+# with other jobs spinning threads made training 20x slower (bench/threads.py, bench/RESULTS.md)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from absl import app, flags
 from ml_collections import config_flags
+
+def split_overrides(argv: List[str]) -> Tuple[List[str], Dict[str, str]]:
+    """Take out the overrides the spec applies: spec fields, sampler options and `=None` resets.
+
+    config_flags only knows the fields the config file defines and cannot parse None into a typed
+    field; these go to Spec.from_config instead, which knows every field and its type."""
+    from score_sde.pipeline.spec import is_spec_field
+
+    rest, taken = [], {}
+    for arg in argv:
+        path, eq, text = arg[len("--config."):].partition("=") if arg.startswith("--config.") else ("", "", "")
+        if eq and (is_spec_field(path) or text.strip() == "None"):
+            taken[path] = text
+        else:
+            rest.append(arg)
+    return rest, taken
+
+
+# config_flags reads its overrides from sys.argv when the flag is defined: take ours out first
+SPEC_OVERRIDES: Dict[str, str] = {}
+if __name__ == "__main__":
+    sys.argv, SPEC_OVERRIDES = split_overrides(sys.argv)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training/evaluation config file (configs/...).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, TensorBoard logs and samples.")
 flags.DEFINE_enum("mode", None, ["train", "eval", "sample"], "Running mode: train, eval or sample.")
 flags.DEFINE_string("eval_folder", "eval", "Sub-folder of workdir for evaluation results (eval/sample modes).")
+flags.DEFINE_bool("progress", True, "Rank-0 progress bars for training, sampling, bits/dim and evaluation loops.")
+flags.DEFINE_integer("threads", None, "CPU threads for torch (default: min(cores, 4), see docs/configuration.md).")
 flags.mark_flags_as_required(["config", "workdir", "mode"])
 
 # errors caused by the user's flags, configs, paths or data: reported in one line, no traceback
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, FloatingPointError, KeyError)
 
 
-def run(config, workdir: str, mode: str, eval_folder: str) -> None:
-    import run_lib
+def set_threads(threads: Optional[int]) -> None:
+    """Intra-op threads: at most 4 unless asked (more spin against other jobs on a shared machine)."""
+    import torch
 
+    n = threads if threads is not None else min(4, os.cpu_count() or 1)
+    if n < 1:
+        raise ValueError(f"--threads={n} must be >= 1")
+    if threads is not None or "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(n)
+
+
+def run(config, workdir: str, mode: str, eval_folder: str, overrides: Optional[Dict[str, str]] = None,
+        progress: bool = True) -> None:
+    import run_lib
+    from score_sde.pipeline.spec import Spec
+
+    spec = Spec.from_config(config, overrides=overrides)
+    if not progress:
+        spec = spec.replace(eval={"progress": False})
     if mode == "train":
-        run_lib.train(config, workdir)
+        run_lib.train(spec, workdir, progress=progress)
     elif mode == "eval":
-        run_lib.evaluate(config, workdir, eval_folder)
+        run_lib.evaluate(spec, workdir, eval_folder)
     else:
-        run_lib.sample(config, workdir, eval_folder)
+        run_lib.sample(spec, workdir, eval_folder)
 
 
 def main(argv) -> None:
@@ -43,7 +92,8 @@ def main(argv) -> None:
         sys.exit(2)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.eval_folder)
+        set_threads(FLAGS.threads)
+        run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.eval_folder, SPEC_OVERRIDES, FLAGS.progress)
     except USER_ERRORS as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {message}", file=sys.stderr)
@@ -76,6 +126,8 @@ def _field_name(e: BaseException) -> str:
 def parse_flags(argv):
     """absl flag parsing where flag/config-file mistakes print one line instead of absl's usage wall."""
     try:
+        argv, taken = split_overrides(argv)  # (sys.argv was split already; argv may be another list)
+        SPEC_OVERRIDES.update(taken)
         argv = FLAGS(argv)
         FLAGS.config.get("seed")  # config_flags defers config-file errors to the first access: surface them here
         return argv

@@ -35,32 +35,14 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.n_steps_each = 1
     sampling.noise_removal = True
     sampling.probability_flow = False
-    sampling.eps = placeholder(float)  # None: the SDE's sampling_eps
-    # options of the other samplers (score_sde.sampling), so that any sampler can be chosen and tuned
-    # from the command line (--config.sampling.method=ddim --config.sampling.steps=50); a field left
-    # at None is not passed, and the sampler's own default applies (e.g. steps: the SDE's N for pc/ddpm/ald)
-    sampling.steps = placeholder(int)
-    sampling.eta = 0.0                        # ddim
-    sampling.skip_type = placeholder(str)     # ddim/ddpm "uniform"|"quadratic"; dpm_solver "logSNR"|"time_uniform"
-    sampling.variance = "beta"                # ddpm: "beta" | "beta_tilde"
-    sampling.step_size = placeholder(float)   # ald: epsilon of Song & Ermon 2019, Alg. 1
-    sampling.solver = "RK45"                  # ode
-    sampling.backend = "scipy"                # ode: "scipy" | "torchdiffeq"
-    sampling.rtol = 1e-5
-    sampling.atol = 1e-5
-    sampling.rho = 7.0                        # heun (EDM)
-    sampling.churn = 0.0
-    sampling.s_tmin = 0.0
-    sampling.s_tmax = placeholder(float)      # None: infinity
-    sampling.s_noise = 1.0
-    sampling.order = placeholder(int)         # dpm_solver
-    sampling.lower_order_final = True
-    sampling.denoise_to_zero = False
+    # every other option of every sampler (steps, eta, rtol, sigma_max, ...) is a config.sampling field
+    # too, derived from the sampler signatures (score_sde/pipeline/spec.py): unset means the sampler's
+    # own default, so defaults live only there (--config.sampling.method=ddim --config.sampling.steps=50)
     sampling.progress = False
 
     config.eval = evaluate = ml_collections.ConfigDict()
-    evaluate.begin_ckpt = 450000  # training steps (score_sde_pytorch's checkpoints 9..26 x 50k)
-    evaluate.end_ckpt = 1300000
+    evaluate.begin_ckpt = placeholder(int)  # training steps; both unset: the newest checkpoint
+    evaluate.end_ckpt = placeholder(int)    # (the paper's FID range: 450000 .. 1300000)
     evaluate.batch_size = 1024
     evaluate.enable_loss = True
     evaluate.enable_bpd = False

@@ -20,8 +20,6 @@ def get_default_configs() -> ml_collections.ConfigDict:
     training.snapshot_sampling = True
 
     evaluate = config.eval
-    evaluate.begin_ckpt = 1500  # training steps: evaluate the final checkpoint
-    evaluate.end_ckpt = 1500
     evaluate.batch_size = 300
     evaluate.enable_loss = True
     evaluate.enable_bpd = True

@@ -18,8 +18,6 @@ def get_default_configs() -> ml_collections.ConfigDict:
     training.reduce_mean = True
 
     evaluate = config.eval
-    evaluate.begin_ckpt = 5000  # training steps: evaluate the final checkpoint
-    evaluate.end_ckpt = 5000
     evaluate.batch_size = 1000
     evaluate.enable_loss = True
     evaluate.enable_bpd = True

@@ -1,4 +1,6 @@
-"""Config -> objects: the SDE, the training state (model, EMA, optimizer, step), the score function.
+"""Spec -> objects: the SDE, the training state (model, EMA, optimizer, step), the score function.
+
+Every function takes a `score_sde.pipeline.spec.Spec` (a config is turned into one on the way in).
 
 Training, evaluation and sampling all build their pieces here, so the construction code exists once
 (score_sde_pytorch copies it between train and evaluate).
@@ -12,45 +14,43 @@ import torch
 from . import losses, parameterization, sde_lib
 from .distributed import unwrap
 from .models.ema import ExponentialMovingAverage
+from .pipeline import spec as spec_lib
+from .pipeline.spec import as_spec
 
-SDE_NAMES = ("vpsde", "subvpsde", "vesde")
+SDE_NAMES = spec_lib.SDE_NAMES
 # model fields kept for score_sde_pytorch compatibility whose supported values are fixed here; each model
 # checks which of them it implements (GroupNorm: the U-Nets; InstanceNorm++: the NCSN RefineNets)
 FIXED_MODEL_FIELDS = {"normalization": ("GroupNorm", "InstanceNorm++"), "conv_size": (3,), "attention_type": ("ddpm",)}
 
 
-def sde_name(config: Any) -> str:
-    """config.training.sde, lower-cased and checked."""
-    name = str(config.training.sde).lower()
-    if name not in SDE_NAMES:
-        raise ValueError(f"unknown training.sde {config.training.sde!r}; choose one of {SDE_NAMES}")
-    return name
+def sde_name(spec: Any) -> str:
+    """training.sde, lower-cased and checked (by the spec)."""
+    return as_spec(spec).training.sde
 
 
-def sde_from_config(config: Any) -> sde_lib.SDE:
+def sde_from_config(spec: Any) -> sde_lib.SDE:
     """The forward SDE: VP/subVP from (beta_min, beta_max), VE from (sigma_min, sigma_max); N = num_scales."""
-    name, m = sde_name(config), config.model
+    spec = as_spec(spec)
+    name, m = spec.training.sde, spec.model
     if name == "vesde":
-        return sde_lib.get_sde(name, sigma_min=float(m.sigma_min), sigma_max=float(m.sigma_max), N=int(m.num_scales))
-    return sde_lib.get_sde(name, beta_min=float(m.beta_min), beta_max=float(m.beta_max), N=int(m.num_scales))
+        return sde_lib.get_sde(name, sigma_min=m.sigma_min, sigma_max=m.sigma_max, N=m.num_scales)
+    return sde_lib.get_sde(name, beta_min=m.beta_min, beta_max=m.beta_max, N=m.num_scales)
 
 
-def loss_kind(config: Any) -> str:
+def loss_kind(spec: Any) -> str:
     """'dsm' for continuous training; discrete: 'smld' for VE (NCSN), 'ddpm' for VP/subVP."""
-    if bool(config.training.continuous):
-        return "dsm"
-    return "smld" if sde_name(config) == "vesde" else "ddpm"
+    return as_spec(spec).training.loss_kind
 
 
-def prediction(config: Any) -> str | None:
-    """config.model.prediction when set (None lets the model's own default decide)."""
-    return config.model.get("prediction", None)
+def prediction(spec: Any) -> str | None:
+    """model.prediction when set (None lets the model's own default decide)."""
+    return as_spec(spec).model.prediction
 
 
 def check_fixed_model_fields(config: Any) -> None:
     """Compatibility fields (normalization, conv_size, attention_type) accept only what the models implement."""
     for key, allowed in FIXED_MODEL_FIELDS.items():
-        value = config.model.get(key, allowed[0])
+        value = as_spec(config).model.get(key, allowed[0])
         if value not in allowed:
             raise ValueError(f"model.{key}={value!r} is not supported; the models implement only {allowed}")
 
@@ -59,18 +59,20 @@ def build_model(config: Any, device: torch.device) -> torch.nn.Module:
     """The network of config.model, on `device` (channels_last memory format if training.channels_last)."""
     from .models import get_model  # imported here: the model registry is heavy and optional for some tools
 
-    check_fixed_model_fields(config)
-    model = get_model(config).to(device)
-    if bool(config.training.get("channels_last", False)) and len(data_shape(config)) == 3:
+    spec = as_spec(config)
+    check_fixed_model_fields(spec)
+    model = get_model(spec).to(device)
+    if spec.training.channels_last and len(spec.shape) == 3:
         model = model.to(memory_format=torch.channels_last)
     return model
 
 
 def create_state(config: Any, device: torch.device) -> Dict[str, Any]:
     """dict(model, ema, optimizer, step=0) for config; the EMA rate is config.model.ema_rate."""
-    model = build_model(config, device)
-    ema = ExponentialMovingAverage(model.parameters(), decay=float(config.model.ema_rate))
-    optimizer = losses.get_optimizer(config.optim, model.parameters())
+    spec = as_spec(config)
+    model = build_model(spec, device)
+    ema = ExponentialMovingAverage(model.parameters(), decay=spec.model.ema_rate)
+    optimizer = losses.get_optimizer(spec.optim, model.parameters())
     return {"model": model, "ema": ema, "optimizer": optimizer, "step": 0}
 
 
@@ -103,15 +105,11 @@ def load_state(state: Dict[str, Any], ckpt: Dict[str, Any]) -> Dict[str, Any]:
 
 def score_fn_from_model(config: Any, sde: sde_lib.SDE, model: torch.nn.Module) -> Callable:
     """score_fn(x, t) of a trained network (eval mode) under config's time labels and prediction."""
-    return parameterization.get_score_fn(sde, model, continuous=bool(config.training.continuous),
-                                         prediction=prediction(config), train=False)
+    spec = as_spec(config)
+    return parameterization.get_score_fn(sde, model, continuous=spec.training.continuous,
+                                         prediction=spec.model.prediction, train=False)
 
 
 def data_shape(config: Any) -> Tuple[int, ...]:
-    """Shape of one data item: (dim,) for 2-D toy sets (config.data.dim), (C, H, W) for images."""
-    from .datasets import TOY_DATASETS
-
-    d = config.data
-    if str(d.dataset).lower() in TOY_DATASETS:
-        return (int(d.get("dim", 2)),)
-    return (int(d.num_channels), int(d.image_size), int(d.image_size))
+    """Shape of one data item: (dim,) for 2-D toy sets (data.dim), (C, H, W) for images."""
+    return as_spec(config).shape

@@ -1,79 +1,53 @@
 """Evaluation and sampling of trained checkpoints: eval loss, bits/dim, samples with ANY sampler, metrics.
 
-`evaluate(config, workdir)` walks the checkpoints whose training STEP lies in
-[eval.begin_ckpt, eval.end_ckpt] (score_sde_pytorch counts checkpoint numbers instead) and writes,
+`evaluate(spec, workdir)` takes the newest checkpoint, or, when a range is set, the checkpoints whose
+training STEP lies in [eval.begin_ckpt, eval.end_ckpt] (score_sde_pytorch counts checkpoint numbers
+instead), and writes,
 under `<workdir>/<eval_folder>/ckpt_<step>/`: loss.json, bpd.json and one folder per sampler
 configuration `<method>_<hash of its options>/` holding samples.npz, samples.png and report.json.
-`sample(config, workdir)` draws eval.num_samples samples from the newest checkpoint.
+`sample(spec, workdir)` draws eval.num_samples samples from the newest checkpoint.
 Every file is written by rank 0 only; a report is written last, so it marks finished work and
 re-running skips it. Runs under torchrun: samples and bpd examples are split across ranks and
 gathered after the per-rank loops.
 """
 from __future__ import annotations
 
-import copy
-import inspect
 import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-from . import builders, checkpoint, datasets, distributed, losses, metrics, report, sampling
+from tqdm.auto import tqdm
+
+from . import builders, checkpoint, datasets, distributed, images, inception, likelihood, losses, metrics, report
+from . import training
+from .models import compat
 from .models.ema import ExponentialMovingAverage
+from .pipeline import spec as spec_lib
+from .pipeline.spec import Spec, as_spec
 
 log = logging.getLogger(__name__)
-# sampler options filled from elsewhere than a config.sampling field of the same name
-_RUNTIME_OPTIONS = ("device", "dtype", "progress", "eps")
-
-
-def _get(section: Any, key: str, default: Any = None) -> Any:
-    """`section.key` if present (ConfigDict or attribute object), else default."""
-    if hasattr(section, "get"):
-        return section.get(key, default)
-    return getattr(section, key, default)
 
 
 # ----------------------------------------------------------------------------------------------
-# Sampler from config
+# Sampler from the spec
 # ----------------------------------------------------------------------------------------------
-def sampler_settings(config: Any, sde) -> Tuple[str, Dict[str, Any]]:
-    """(method, options): every option the sampler accepts, from config.sampling where the field is set
-    (not None), else the sampler's own default; eps None -> sde.sampling_eps."""
-    method = str(_get(config.sampling, "method", ""))
-    if method not in sampling.SAMPLERS:
-        raise ValueError(f"config.sampling.method={method!r} is not a sampler; choose one of "
-                         f"{sorted(sampling.SAMPLERS)}")
-    accepted = sampling.sampler_options(method)
-    options = _factory_defaults(method)
-    for name in accepted:
-        value = _get(config.sampling, name)
-        if name not in _RUNTIME_OPTIONS and value is not None:
-            options[name] = value
-    if "eps" in accepted:
-        eps = _get(config.sampling, "eps")
-        options["eps"] = float(sde.sampling_eps if eps is None else eps)
-    return method, options
-
-
-def _factory_defaults(method: str) -> Dict[str, Any]:
-    """The sampler's own defaults of its non-runtime options (recorded, so reports show every option)."""
-    params = inspect.signature(sampling.SAMPLERS[method]).parameters.values()
-    return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name not in _RUNTIME_OPTIONS
-            and p.default is not inspect.Parameter.empty}
+def sampler_settings(config: Any, sde=None) -> Tuple[str, Dict[str, Any]]:
+    """(method, options): every option the sampler takes, the spec's where set, else the sampler's own
+    default (recorded, so a report shows every option)."""
+    spec = as_spec(config)
+    method = spec.sampling.method
+    return method, {**spec_lib.sampler_defaults(method), **dict(spec.sampling.options)}
 
 
 def sampler_from_config(config: Any, sde, shape: Sequence[int], device: Any = None,
                         dtype: torch.dtype = torch.float32) -> Callable:
-    """The sampler named config.sampling.method, built with the config.sampling options it accepts."""
-    method, options = sampler_settings(config, sde)
-    accepted = sampling.sampler_options(method)
-    runtime = {"device": device, "dtype": dtype, "progress": bool(_get(config.sampling, "progress", False))}
-    options.update({k: v for k, v in runtime.items() if k in accepted})
-    return sampling.get_sampler(method, sde, shape, **options)
+    """The spec's sampler (sampling.method with the options it was given) for `shape`."""
+    return training.build_sampler(as_spec(config), sde, shape, device=device, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -81,12 +55,19 @@ def sampler_from_config(config: Any, sde, shape: Sequence[int], device: Any = No
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class _Context:
-    config: Any
+    config: Spec
     info: distributed.DistInfo
     sde: Any
     state: Dict[str, Any]
     shape: Tuple[int, ...]           # one item, no batch dimension
     seed: int
+    data: Dict[Tuple[str, bool], Any] = field(default_factory=dict)   # splits built once per run
+
+    def split(self, name: str, dequantize: bool = False):
+        """The data split `name` ('train' or 'test'), built on first use and kept for every checkpoint."""
+        if (name, dequantize) not in self.data:
+            self.data[name, dequantize] = _split(self.config, name, dequantize)
+        return self.data[name, dequantize]
 
     @property
     def model(self) -> torch.nn.Module:
@@ -97,14 +78,13 @@ class _Context:
         return builders.score_fn_from_model(self.config, self.sde, self.model)
 
 
-def _context(config: Any) -> _Context:
-    info = distributed.setup(str(_get(config, "device", "auto")))
-    sde = builders.sde_from_config(config)
-    model = builders.build_model(config, info.device)  # no optimizer: building Adam costs ~10 s of imports
-    state = {"model": model, "ema": ExponentialMovingAverage(model.parameters(), float(config.model.ema_rate)),
+def _context(spec: Spec) -> _Context:
+    info = distributed.setup(spec.device)
+    sde = builders.sde_from_config(spec)
+    model = builders.build_model(spec, info.device)  # no optimizer: building Adam costs ~10 s of imports
+    state = {"model": model, "ema": ExponentialMovingAverage(model.parameters(), spec.model.ema_rate),
              "optimizer": None, "step": 0}
-    shape = tuple(int(s) for s in builders.data_shape(config))
-    return _Context(config, info, sde, state, shape, int(_get(config, "seed", 0)))
+    return _Context(spec, info, sde, state, spec.shape, spec.seed)
 
 
 def _reset_ema(state: Dict[str, Any]) -> None:
@@ -125,7 +105,6 @@ def load_ema_weights(ctx: _Context, path: str) -> int:
 
 def load_imported(ctx: _Context, path: str) -> int:
     """Load a score_sde_pytorch checkpoint's EMA weights through the models' compat importer."""
-    from .models import compat
     if not os.path.isfile(path):
         raise FileNotFoundError(f"eval.import_ckpt={path!r} does not exist; point it at a score_sde_pytorch "
                                 f"checkpoint_<n>.pth")
@@ -134,9 +113,16 @@ def load_imported(ctx: _Context, path: str) -> int:
     return int(converted.get("step", 0))
 
 
-def checkpoints_in_range(workdir: str, begin: int, end: Optional[int]) -> List[Tuple[int, str]]:
-    """Our numbered checkpoints with begin <= step <= end (end None: no upper bound), by step."""
+def checkpoints_in_range(workdir: str, steps: Optional[Tuple[int, Optional[int]]]) -> List[Tuple[int, str]]:
+    """Our numbered checkpoints with begin <= step <= end (end None: no upper bound), by step;
+    steps None: the newest one only."""
     found = checkpoint.list_checkpoints(workdir)
+    if steps is None:
+        if not found:
+            raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints; train first (--mode train) or "
+                                    f"set eval.import_ckpt")
+        return found[-1:]
+    begin, end = steps
     chosen = [(s, p) for s, p in found if s >= begin and (end is None or s <= end)]
     if not chosen:
         raise FileNotFoundError(
@@ -148,40 +134,26 @@ def checkpoints_in_range(workdir: str, begin: int, end: Optional[int]) -> List[T
 # ----------------------------------------------------------------------------------------------
 # Data helpers
 # ----------------------------------------------------------------------------------------------
-def _batches(ds, indices: Sequence[int], batch_size: int) -> Iterator[torch.Tensor]:
+def _batches(ds, indices: Sequence[int], batch_size: int, bar: Optional[str] = None) -> Iterator[torch.Tensor]:
+    """Batches of ds[indices]; with a progress bar named `bar` (rank 0, eval.progress)."""
     indices = list(indices)
-    for start in range(0, len(indices), batch_size):
+    starts = range(0, len(indices), batch_size)
+    for start in tqdm(starts, desc=bar, leave=False, dynamic_ncols=True) if bar else starts:
         yield torch.stack([ds[i] for i in indices[start:start + batch_size]])
 
 
-def _split(config: Any, name: str, dequantize: bool = False):
+def _bar(ctx: "_Context", name: str) -> Optional[str]:
+    """`name` when this process shows progress bars (rank 0 with eval.progress), else None."""
+    return name if ctx.info.is_main and ctx.config.eval.progress else None
+
+
+def _split(spec: Spec, name: str, dequantize: bool = False):
     """The 'train' or 'test'/'eval' split; images uniformly dequantized and unflipped if asked."""
+    spec = as_spec(spec)
     if dequantize:
-        config = copy.deepcopy(config)
-        with config.unlocked() if hasattr(config, "unlocked") else _nullcontext():
-            config.data.uniform_dequantization = True
-            config.data.random_flip = False
-    train, evals = datasets.get_dataset(config)
-    if name == "train":
-        return train
-    if name in ("test", "eval"):
-        return evals
-    raise ValueError(f"eval.bpd_dataset={name!r}; choose 'train' or 'test'")
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _batch_size(config: Any) -> int:
-    bs = int(_get(config.eval, "batch_size", 0) or 0)
-    if bs < 1:
-        raise ValueError(f"config.eval.batch_size must be a positive integer, got {bs}")
-    return bs
+        spec = spec.replace(data={"uniform_dequantization": True, "random_flip": False})
+    train, evals = datasets.get_dataset(spec)
+    return train if name == "train" else evals
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,16 +163,14 @@ def eval_loss(ctx: _Context) -> Dict[str, float]:
     """Mean DSM loss of the EMA weights over the whole eval split (losses.get_step_fn(train=False))."""
     cfg, info = ctx.config, ctx.info
     tr = cfg.training
-    precision = distributed.resolve_precision(str(_get(tr, "precision", "auto")), info.device)  # auto: bf16 on CUDA
-    step_fn = losses.get_step_fn(ctx.sde, train=False, kind=builders.loss_kind(cfg),
-                                 continuous=bool(_get(tr, "continuous", True)),
-                                 reduce_mean=bool(_get(tr, "reduce_mean", False)),
-                                 likelihood_weighting=bool(_get(tr, "likelihood_weighting", False)),
-                                 prediction=builders.prediction(cfg), precision=precision)
-    ds, scaler = _split(cfg, "test"), datasets.get_data_scaler(cfg)
+    precision = distributed.resolve_precision(tr.precision, info.device)  # auto: bf16 on CUDA
+    step_fn = losses.get_step_fn(ctx.sde, train=False, kind=tr.loss_kind, continuous=tr.continuous,
+                                 reduce_mean=tr.reduce_mean, likelihood_weighting=tr.likelihood_weighting,
+                                 prediction=cfg.model.prediction, precision=precision)
+    ds, scaler = ctx.split("test"), datasets.get_data_scaler(cfg)
     torch.manual_seed(distributed.rank_seed(ctx.seed, info.rank))
     total = torch.zeros(2, dtype=torch.float64)
-    for batch in _batches(ds, distributed.shard_indices(len(ds), info), _batch_size(cfg)):
+    for batch in _batches(ds, distributed.shard_indices(len(ds), info), cfg.eval.batch_size, _bar(ctx, "eval loss")):
         out = step_fn(ctx.state, scaler(batch.to(info.device)))
         total += torch.tensor([out["loss"] * batch.shape[0], batch.shape[0]], dtype=torch.float64)
     total = distributed.all_reduce_sum(total.to(info.device), info).cpu()
@@ -209,27 +179,26 @@ def eval_loss(ctx: _Context) -> Dict[str, float]:
 
 def _bits_per_dim(nll: torch.Tensor, config: Any, shape: Tuple[int, ...]) -> torch.Tensor:
     """Per-example bits/dim of the [0,1]-dequantized data; toys (no levels): nll / (d ln 2)."""
-    from . import likelihood
-    levels = _get(config.data, "num_levels")
-    if datasets._dataset_name(config) in datasets.TOY_DATASETS or not levels:
+    data = as_spec(config).data
+    levels = data.num_levels
+    if data.is_toy or not levels:
         return nll / (math.prod(shape) * math.log(2.0))
-    scale = 2.0 if bool(_get(config.data, "centered", False)) else 1.0
+    scale = 2.0 if data.centered else 1.0
     return torch.as_tensor(likelihood.bits_per_dim(nll, shape, num_levels=int(levels), data_scale=scale))
 
 
 def eval_bpd(ctx: _Context, score_fn: Callable) -> Dict[str, float]:
     """Bits/dim on eval.bpd_dataset via the probability-flow ODE (eval.bpd_trace estimator)."""
-    from . import likelihood
     cfg, info = ctx.config, ctx.info
-    ds = _split(cfg, str(_get(cfg.eval, "bpd_dataset", "test")), dequantize=True)
-    bs, limit = _batch_size(cfg), _get(cfg.eval, "bpd_num_batches")
-    n = len(ds) if not limit else min(len(ds), int(limit) * bs)
-    nll_fn = likelihood.get_likelihood_fn(ctx.sde, trace=str(_get(cfg.eval, "bpd_trace", "exact")))
+    ds = ctx.split(cfg.eval.bpd_dataset, dequantize=True)
+    bs, limit = cfg.eval.batch_size, cfg.eval.bpd_num_batches
+    n = len(ds) if not limit else min(len(ds), limit * bs)
+    nll_fn = likelihood.get_likelihood_fn(ctx.sde, trace=cfg.eval.bpd_trace)
     seed = distributed.rank_seed(ctx.seed, info.rank)
     torch.manual_seed(seed)  # drives the per-item dequantization noise
     gen = torch.Generator().manual_seed(seed)
     scaler, nlls, nfes = datasets.get_data_scaler(cfg), [], []
-    for batch in _batches(ds, distributed.shard_indices(n, info), bs):
+    for batch in _batches(ds, distributed.shard_indices(n, info), bs, _bar(ctx, "bits/dim")):
         nll, _, nfe = nll_fn(score_fn, scaler(batch.to(info.device)), generator=gen)
         nlls.append(nll.detach().double())
         nfes.append(float(nfe))
@@ -249,15 +218,14 @@ def draw_samples(ctx: _Context) -> Tuple[torch.Tensor, torch.Tensor, float]:
     """eval.num_samples samples (model space, CPU) split across ranks, with the NFE of each batch call
     and the slowest rank's seconds. Generator seeded from (config.seed, rank)."""
     cfg, info = ctx.config, ctx.info
-    total, bs = int(_get(cfg.eval, "num_samples", 0) or 0), _batch_size(cfg)
-    if total < 1:
-        raise ValueError(f"config.eval.num_samples must be a positive integer, got {total}")
+    total, bs = cfg.eval.num_samples, cfg.eval.batch_size
     n, score_fn = distributed.split_count(total, info), ctx.score_fn()
     gen = torch.Generator().manual_seed(distributed.rank_seed(ctx.seed, info.rank))
     samplers: Dict[int, Callable] = {}
     xs, nfes = [torch.zeros((0, *ctx.shape), device=info.device)], []
     start = time.perf_counter()
-    for first in range(0, n, bs):
+    starts = range(0, n, bs)
+    for first in tqdm(starts, desc="sampling", leave=False, dynamic_ncols=True) if _bar(ctx, "s") else starts:
         b = min(bs, n - first)
         if b not in samplers:
             samplers[b] = sampler_from_config(cfg, ctx.sde, (b, *ctx.shape), device=info.device)
@@ -285,7 +253,6 @@ def _to_data_space(ctx: _Context, x: torch.Tensor) -> torch.Tensor:
 
 def save_picture(ctx: _Context, x_data: torch.Tensor, path: str) -> Optional[str]:
     """PNG grid of images (first 64) or scatter plot of 2-D points; None for other data."""
-    from . import images
     if _is_image(ctx):
         images.save_image_grid(x_data[:64], path)
     elif ctx.shape == (2,):
@@ -300,37 +267,30 @@ def save_picture(ctx: _Context, x_data: torch.Tensor, path: str) -> Optional[str
 # ----------------------------------------------------------------------------------------------
 def _reference(ctx: _Context, name: str, limit: int) -> torch.Tensor:
     """Up to `limit` items of split `name` in data space (deterministic given config.seed)."""
-    ds = _split(ctx.config, name)
+    ds = ctx.split(name)
     torch.manual_seed(ctx.seed)
     return torch.stack([ds[i] for i in range(min(len(ds), limit))])
 
 
 def _fid(ctx: _Context, x_data: torch.Tensor, ref: torch.Tensor) -> float:
-    from . import inception
     net = inception.load_inception(check_inception_path(ctx.config), device=ctx.info.device)
     # as the papers and common tools: Inception sees uint8 images (PNG levels), samples and data alike
-    feats = [inception.inception_features(net, metrics.to_uint8(x), batch_size=_batch_size(ctx.config))
-             for x in (x_data, ref)]
+    feats = [inception.inception_features(net, metrics.to_uint8(x), batch_size=ctx.config.eval.batch_size,
+                                          progress=_bar(ctx, "f") is not None) for x in (x_data, ref)]
     return float(metrics.fid_from_features(*feats))
 
 
-REFERENCE_SPLITS = ("test", "train")
+REFERENCE_SPLITS = spec_lib.SPLITS
 
 
 def reference_split(config: Any) -> str:
-    """eval.reference_split: the split samples are compared with (SW2, FID); 'test' unless set."""
-    split = str(_get(config.eval, "reference_split", "test"))
-    if split not in REFERENCE_SPLITS:
-        raise ValueError(f"eval.reference_split={split!r}; choose one of {REFERENCE_SPLITS}")
-    return split
+    """eval.reference_split: the split samples are compared with (SW2, FID)."""
+    return as_spec(config).eval.reference_split
 
 
 def num_reference(config: Any) -> int:
-    """eval.num_reference: at most this many items of the reference split (10000 unless set)."""
-    n = _get(config.eval, "num_reference", 10000)
-    if n is None or int(n) < 2:
-        raise ValueError(f"eval.num_reference={n!r} must be an integer >= 2 (FID needs a covariance)")
-    return int(n)
+    """eval.num_reference: at most this many items of the reference split."""
+    return as_spec(config).eval.num_reference
 
 
 def sample_metrics(ctx: _Context, x_model: torch.Tensor, x_data: torch.Tensor) -> Dict[str, float]:
@@ -348,14 +308,14 @@ def sample_metrics(ctx: _Context, x_model: torch.Tensor, x_data: torch.Tensor) -
         out["sample_nll"] = float(-density.log_prob(x_model.double()).mean())
         out["data_nll"] = float(-density.log_prob(ref_model.double()).mean())
         out["delta_log_p"] = out["data_nll"] - out["sample_nll"]
-    if bool(_get(cfg.eval, "enable_fid", False)):
+    if cfg.eval.enable_fid:
         out["fid"] = _fid(ctx, x_data, ref)
     return out
 
 
 def check_inception_path(config: Any) -> str:
     """eval.inception_path when eval.enable_fid; a clear error when it is unset or missing."""
-    path = _get(config.eval, "inception_path")
+    path = as_spec(config).eval.inception_path
     if not path or not os.path.isfile(str(path)):
         raise FileNotFoundError(
             f"eval.enable_fid needs local Inception weights but eval.inception_path={path!r} is not a file; "
@@ -387,7 +347,7 @@ def sampling_job(ctx: _Context, folder: str, step: int, source: str, with_metric
     out = os.path.join(folder, f"{method}_{report.options_tag(options)}")
     settings = {"sampler": method, "options": options, "num_samples": int(ctx.config.eval.num_samples),
                 "seed": ctx.seed, "checkpoint_step": step,
-                "metrics": with_metrics, "fid": with_metrics and bool(_get(ctx.config.eval, "enable_fid", False))}
+                "metrics": with_metrics, "fid": with_metrics and ctx.config.eval.enable_fid}
     if with_metrics:  # a different reference is a different result: not skipped as already done
         settings["reference"] = [reference_split(ctx.config), num_reference(ctx.config)]
 
@@ -415,35 +375,30 @@ def sampling_job(ctx: _Context, folder: str, step: int, source: str, with_metric
 def evaluate_checkpoint(ctx: _Context, folder: str, step: int, source: str) -> None:
     """Loss, bits/dim and sampling for the weights currently loaded in ctx, as the config enables."""
     ev, base = ctx.config.eval, {"checkpoint_step": step, "seed": ctx.seed}
-    if bool(_get(ev, "enable_loss", False)):
+    if ev.enable_loss:
         _run_once(ctx, os.path.join(folder, "loss.json"), base, lambda: eval_loss(ctx))
-    if bool(_get(ev, "enable_bpd", False)):
-        settings = dict(base, dataset=_get(ev, "bpd_dataset", "test"), trace=_get(ev, "bpd_trace", "exact"),
-                        num_batches=_get(ev, "bpd_num_batches"), batch_size=_batch_size(ctx.config))
+    if ev.enable_bpd:
+        settings = dict(base, dataset=ev.bpd_dataset, trace=ev.bpd_trace, num_batches=ev.bpd_num_batches,
+                        batch_size=ev.batch_size)
         _run_once(ctx, os.path.join(folder, "bpd.json"), settings, lambda: eval_bpd(ctx, ctx.score_fn()))
-    if bool(_get(ev, "enable_sampling", False)):
+    if ev.enable_sampling:
         sampling_job(ctx, folder, step, source, with_metrics=True)
 
 
-def _checks(config: Any) -> None:
-    """Fail before any work on settings that would fail later."""
-    sampler_settings(config, _Dummy())
-    if bool(_get(config.eval, "enable_sampling", False)):
-        reference_split(config), num_reference(config)
-    if bool(_get(config.eval, "enable_sampling", False)) and bool(_get(config.eval, "enable_fid", False)):
-        if datasets._dataset_name(config) in datasets.TOY_DATASETS:
+def _checks(spec: Spec) -> None:
+    """Fail before any work on settings that would fail later (the spec checked the rest)."""
+    if spec.eval.enable_sampling and spec.eval.enable_fid:
+        if spec.data.is_toy:
             raise ValueError("eval.enable_fid applies to image data sets only; set eval.enable_fid=False")
-        check_inception_path(config)
-
-
-class _Dummy:
-    sampling_eps = 0.0
+        check_inception_path(spec)
 
 
 def evaluate(config: Any, workdir: str, eval_folder: str = "eval") -> None:
-    """Evaluate every checkpoint with step in [eval.begin_ckpt, eval.end_ckpt], or eval.import_ckpt."""
-    _checks(config)
-    ctx = _context(config)
+    """Evaluate the newest checkpoint, or every checkpoint with step in [eval.begin_ckpt, eval.end_ckpt]
+    when a range is set, or eval.import_ckpt."""
+    spec = as_spec(config)
+    _checks(spec)
+    ctx = _context(spec)
     try:
         _evaluate(ctx, workdir, eval_folder)
         distributed.barrier(ctx.info)  # no rank tears the group down while another still uses it
@@ -453,14 +408,15 @@ def evaluate(config: Any, workdir: str, eval_folder: str = "eval") -> None:
 
 def _evaluate(ctx: _Context, workdir: str, eval_folder: str) -> None:
     config, root = ctx.config, os.path.join(workdir, eval_folder)
-    imported = _get(config.eval, "import_ckpt")
+    imported = config.eval.import_ckpt
     if imported:
         step = load_imported(ctx, str(imported))
         stem = os.path.splitext(os.path.basename(str(imported)))[0]
         evaluate_checkpoint(ctx, os.path.join(root, f"imported_{stem}"), step, str(imported))
         return
-    begin, end = int(_get(config.eval, "begin_ckpt", 0) or 0), _get(config.eval, "end_ckpt")
-    for step, path in checkpoints_in_range(workdir, begin, None if end is None else int(end)):
+    chosen = checkpoints_in_range(workdir, config.eval.steps_range)
+    for step, path in tqdm(chosen, desc="checkpoints", dynamic_ncols=True) if _bar(ctx, "c") and len(chosen) > 1 \
+            else chosen:
         loaded = load_ema_weights(ctx, path)
         evaluate_checkpoint(ctx, os.path.join(root, f"ckpt_{loaded}"), loaded, path)
 
@@ -468,8 +424,7 @@ def _evaluate(ctx: _Context, workdir: str, eval_folder: str) -> None:
 def sample(config: Any, workdir: str, eval_folder: str = "eval") -> str:
     """eval.num_samples samples from the newest checkpoint (or eval.import_ckpt) with the configured
     sampler: `<workdir>/<eval_folder>/sample_<step>/<method>_<tag>/` (samples.npz, samples.png, report.json)."""
-    sampler_settings(config, _Dummy())
-    ctx = _context(config)
+    ctx = _context(as_spec(config))
     try:
         out = _sample(ctx, workdir, eval_folder)
         distributed.barrier(ctx.info)
@@ -479,8 +434,7 @@ def sample(config: Any, workdir: str, eval_folder: str = "eval") -> str:
 
 
 def _sample(ctx: _Context, workdir: str, eval_folder: str) -> str:
-    config = ctx.config
-    imported = _get(config.eval, "import_ckpt")
+    imported = ctx.config.eval.import_ckpt
     path = str(imported) if imported else checkpoint.latest_checkpoint(workdir)
     if path is None:
         raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints; train first (--mode train) or set "

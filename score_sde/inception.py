@@ -15,6 +15,7 @@ from typing import Callable, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 FEATURE_DIM = 2048
 INPUT_SIZE = 299
@@ -217,10 +218,12 @@ def load_inception(path: Optional[str], device: Union[str, torch.device] = "cpu"
 
 
 @torch.no_grad()
-def inception_features(model: nn.Module, images: torch.Tensor, batch_size: int = 50) -> torch.Tensor:
+def inception_features(model: nn.Module, images: torch.Tensor, batch_size: int = 50,
+                       progress: bool = False) -> torch.Tensor:
     """pool3 features [N, 2048] (float32, CPU) of images [N, C, H, W] in [0, 1] (or uint8 0..255), C in {1, 3}.
 
-    Each batch is resized to 299x299 (bilinear), scaled to [-1, 1]; grey images are repeated to RGB."""
+    Each batch is resized to 299x299 (bilinear), scaled to [-1, 1]; grey images are repeated to RGB.
+    progress: a progress bar over the batches."""
     if images.dim() != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"images must be [N, 1 or 3, H, W] in [0, 1], got shape {tuple(images.shape)}")
     if batch_size < 1:
@@ -228,7 +231,8 @@ def inception_features(model: nn.Module, images: torch.Tensor, batch_size: int =
     param = next(model.parameters())
     model.eval()
     out = []
-    for chunk in images.split(batch_size):
+    chunks = images.split(batch_size)
+    for chunk in tqdm(chunks, desc="FID features", leave=False, dynamic_ncols=True) if progress else chunks:
         x = chunk.to(device=param.device)
         x = x.to(param.dtype) / 255.0 if x.dtype == torch.uint8 else x.to(param.dtype)
         if x.shape[1] == 1:

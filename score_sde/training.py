@@ -14,18 +14,18 @@ restarted with another K continues the same data stream (its noise draws are tho
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
-from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
-from . import builders, checkpoint, datasets, distributed, images, losses
+from . import builders, checkpoint, datasets, distributed, images, losses, sampling
+from .pipeline.spec import Spec, TrainingSpec, as_spec
 
 log = logging.getLogger(__name__)
 SNAPSHOT_IMAGES = 64   # images drawn for the snapshot grid
@@ -33,60 +33,14 @@ SNAPSHOT_POINTS = 1000  # points drawn for a 2-D scatter snapshot
 
 
 # ----------------------------------------------------------------------------------------------
-# Settings: every training.* key is read (and checked) here, before any work starts
+# Settings: the spec holds and checks every training.* field; here only what needs the machine
 # ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TrainSettings:
-    batch_size: int
-    n_iters: int
-    log_freq: int
-    eval_freq: int
-    snapshot_freq: int
-    snapshot_freq_for_preemption: int
-    snapshot_sampling: bool
-    precision: str
-    compile: bool
-    channels_last: bool
-    seed: int
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"config.{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def read_settings(config: Any) -> TrainSettings:
-    """Read and check config.training (and config.seed / config.optim through the optimizer)."""
-    tr = config.training
-    builders.sde_from_config(config)  # training.sde + the SDE's model.* fields
-    builders.loss_kind(config)        # training.continuous
-    for key in ("reduce_mean", "likelihood_weighting"):
-        if not isinstance(tr[key], bool):
-            raise ValueError(f"config.training.{key} must be True or False, got {tr[key]!r}")
-    precision = str(tr.precision).lower()
-    if precision not in distributed.PRECISIONS:
-        raise ValueError(f"config.training.precision={precision!r}; choose one of {distributed.PRECISIONS}")
-    if not isinstance(tr.compile, bool):
-        raise ValueError(f"config.training.compile must be True or False, got {tr.compile!r}")
-    settings = TrainSettings(
-        batch_size=_positive_int("training.batch_size", tr.batch_size),
-        n_iters=_positive_int("training.n_iters", tr.n_iters),
-        log_freq=_positive_int("training.log_freq", tr.log_freq),
-        eval_freq=_positive_int("training.eval_freq", tr.eval_freq),
-        snapshot_freq=_positive_int("training.snapshot_freq", tr.snapshot_freq),
-        snapshot_freq_for_preemption=_positive_int("training.snapshot_freq_for_preemption",
-                                                   tr.snapshot_freq_for_preemption),
-        snapshot_sampling=bool(tr.snapshot_sampling), precision=precision, compile=bool(tr.compile),
-        channels_last=tr.channels_last, seed=int(config.seed))
-    if settings.snapshot_sampling:  # fail now, not at the first snapshot, on a bad sampler setting
-        from .evaluation import sampler_settings
-        sampler_settings(config, builders.sde_from_config(config))
-    if str(config.device) not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"config.device={config.device!r}; choose 'auto', 'cpu' or 'cuda'")
-    if config.device == "cuda" and not torch.cuda.is_available():
+def read_settings(config: Any) -> TrainingSpec:
+    """The checked spec's training section (also checks the SDE, the sampler and the device)."""
+    spec = as_spec(config)
+    if spec.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("config.device='cuda' but no CUDA device is visible; use --config.device=cpu or auto")
-    return settings
+    return spec.training
 
 
 def batch_iterator(ds: Dataset, global_batch: int, seed: int, start_step: int,
@@ -113,21 +67,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _config_json(config: Any) -> str:
-    try:
-        return config.to_json_best_effort()
-    except AttributeError:
-        return json.dumps(str(config))
-
-
-def save(state: Dict[str, Any], config: Any, path: str, info: distributed.DistInfo) -> None:
+def save(state: Dict[str, Any], spec: Spec, path: str, info: distributed.DistInfo) -> None:
     """Checkpoint (model, EMA, optimizer, step, rank 0's RNG, config) written atomically by rank 0.
 
     The weights are the plain module's (distributed.unwrap: no DDP/compile prefixes) in fp32 (autocast
     never changes parameter dtypes). The RNG is informational: training draws are keyed by step."""
     if info.is_main:
         ckpt = builders.state_dict_for_checkpoint(state)
-        ckpt.update(rng=checkpoint.capture_rng_state(), config=_config_json(config))
+        ckpt.update(rng=checkpoint.capture_rng_state(), config=spec.to_json())
         checkpoint.save_checkpoint(path, ckpt)
     distributed.barrier(info)
 
@@ -151,14 +98,14 @@ def resume(state: Dict[str, Any], workdir: str, info: distributed.DistInfo) -> O
 class Logger:
     """TensorBoard scalars/images and a tqdm bar on rank 0; silent elsewhere."""
 
-    def __init__(self, workdir: str, info: distributed.DistInfo, start: int, total: int):
+    def __init__(self, workdir: str, info: distributed.DistInfo, start: int, total: int, progress: bool = True):
         self.writer = self.bar = None
         if info.is_main:
             from torch.utils.tensorboard import SummaryWriter
-            from tqdm.auto import tqdm
 
             self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
-            self.bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)
+            if progress:
+                self.bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)
 
     def scalars(self, step: int, values: Dict[str, float], prefix: str = "") -> None:
         if self.writer is not None:
@@ -181,29 +128,27 @@ class Logger:
             self.writer.close()
 
 
-def snapshot_samples(config: Any, sde, state: Dict[str, Any], workdir: str, step: int,
+def snapshot_samples(spec: Spec, sde, state: Dict[str, Any], workdir: str, step: int,
                      info: distributed.DistInfo) -> Optional[np.ndarray]:
     """Draw samples with the configured sampler and EMA weights; write samples/iter_<step>/ (rank 0).
 
     Returns the picture as a uint8 HWC array for TensorBoard."""
     if not info.is_main:
         return None
-    from .evaluation import sampler_from_config
-
-    shape = builders.data_shape(config)
+    shape = spec.shape
     n = SNAPSHOT_POINTS if len(shape) == 1 else SNAPSHOT_IMAGES
     model, ema = distributed.unwrap(state["model"]), state["ema"]
-    sampler = sampler_from_config(config, sde, (n, *shape), device=info.device)
+    sampler = build_sampler(spec, sde, (n, *shape), device=info.device)
     ema.store(model.parameters())
     ema.copy_to(model.parameters())
     try:
-        score_fn = builders.score_fn_from_model(config, sde, model)
-        g = torch.Generator(device=info.device).manual_seed(int(config.seed) * 104729 + step)
+        score_fn = builders.score_fn_from_model(spec, sde, model)
+        g = torch.Generator(device=info.device).manual_seed(spec.seed * 104729 + step)
         with torch.no_grad():
             x, _ = sampler(score_fn, generator=g)
     finally:
         ema.restore(model.parameters())
-    x = datasets.get_data_inverse_scaler(config)(x).float().cpu()
+    x = datasets.get_data_inverse_scaler(spec)(x).float().cpu()
     folder = os.path.join(workdir, "samples", f"iter_{step}")
     os.makedirs(folder, exist_ok=True)
     np.savez_compressed(os.path.join(folder, "samples.npz"), samples=x.numpy())
@@ -231,30 +176,41 @@ def prepare_workdir(workdir: str) -> None:
         raise PermissionError(f"cannot write to --workdir={workdir} ({e.strerror}); choose a writable folder") from None
 
 
-def train(config: Any, workdir: str) -> Dict[str, Any]:
-    """Train config's model in workdir, resuming from the newest checkpoint there; returns the final state."""
-    settings = read_settings(config)
-    info = distributed.setup(str(config.device))
+def build_sampler(spec: Spec, sde, shape, device=None, dtype: torch.dtype = torch.float32):
+    """The spec's sampler for `shape` (batch first) on `device`; its options as the spec resolved them."""
+    accepted = sampling.sampler_options(spec.sampling.method)
+    runtime = {"device": device, "dtype": dtype, "progress": spec.sampling.progress}
+    return sampling.get_sampler(spec.sampling.method, sde, shape, **dict(spec.sampling.options),
+                                **{k: v for k, v in runtime.items() if k in accepted})
+
+
+def train(config: Any, workdir: str, progress: bool = True) -> Dict[str, Any]:
+    """Train the spec's model in workdir, resuming from the newest checkpoint there; returns the final state."""
+    spec = as_spec(config)
+    read_settings(spec)
+    info = distributed.setup(spec.device)
     try:
-        state = _train(config, workdir, settings, info)
+        state = _train(spec, workdir, spec.training, info, progress)
         distributed.barrier(info)  # no rank tears the group down while another still uses it
         return state
     finally:
         distributed.cleanup()
 
 
-def _train(config: Any, workdir: str, s: TrainSettings, info: distributed.DistInfo) -> Dict[str, Any]:
+def _train(spec: Spec, workdir: str, s: TrainingSpec, info: distributed.DistInfo,
+           progress: bool = True) -> Dict[str, Any]:
     local_batch = distributed.local_batch_size(s.batch_size, info)
     if info.is_main:
         prepare_workdir(workdir)
     distributed.barrier(info)
-    train_ds, eval_ds = datasets.get_dataset(config)
-    scaler = datasets.get_data_scaler(config)
-    sde = builders.sde_from_config(config)
+    train_ds, eval_ds = datasets.get_dataset(spec)
+    scaler = datasets.get_data_scaler(spec)
+    sde = builders.sde_from_config(spec)
+    seed = spec.seed
 
-    seed_everything(s.seed)  # identical initial weights on every rank
-    state = builders.create_state(config, info.device)
-    seed_everything(distributed.rank_seed(s.seed, info.rank))
+    seed_everything(seed)  # identical initial weights on every rank
+    state = builders.create_state(spec, info.device)
+    seed_everything(distributed.rank_seed(seed, info.rank))
     resumed = resume(state, workdir, info)
     if resumed and info.is_main:
         log.info("resuming from %s (step %d)", resumed, state["step"])
@@ -267,19 +223,17 @@ def _train(config: Any, workdir: str, s: TrainSettings, info: distributed.DistIn
                  s.compile, channels_last)
     state["model"] = distributed.wrap_for_training(state["model"], info, compile=s.compile)
 
-    common = dict(kind=builders.loss_kind(config), continuous=bool(config.training.continuous),
-                  reduce_mean=bool(config.training.reduce_mean),
-                  likelihood_weighting=bool(config.training.likelihood_weighting),
-                  prediction=builders.prediction(config), precision=precision)
-    train_step = losses.get_step_fn(sde, train=True, optimize_fn=losses.optimization_manager(config.optim), **common)
+    common = dict(kind=s.loss_kind, continuous=s.continuous, reduce_mean=s.reduce_mean,
+                  likelihood_weighting=s.likelihood_weighting, prediction=spec.model.prediction, precision=precision)
+    train_step = losses.get_step_fn(sde, train=True, optimize_fn=losses.optimization_manager(spec.optim), **common)
     eval_step = losses.get_step_fn(sde, train=False, **common)
 
-    batches = batch_iterator(train_ds, s.batch_size, s.seed, start, info)
-    logger = Logger(workdir, info, start, s.n_iters)
+    batches = batch_iterator(train_ds, s.batch_size, seed, start, info)
+    logger = Logger(workdir, info, start, s.n_iters, progress)
     try:
         while state["step"] < s.n_iters:
             batch = distributed.to_memory_format(scaler(next(batches).to(info.device)), channels_last)
-            distributed.seed_step(s.seed, state["step"], info)  # loss noise and dropout of this step/rank
+            distributed.seed_step(seed, state["step"], info)  # loss noise and dropout of this step/rank
             stats = train_step(state, batch)
             step = state["step"]
             logger.advance(stats["loss"])
@@ -289,16 +243,16 @@ def _train(config: Any, workdir: str, s: TrainSettings, info: distributed.DistIn
                 logger.scalars(step, stats, "train/")
             if step % s.eval_freq == 0:
                 with torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda" else []):
-                    torch.manual_seed(distributed.rank_seed(s.seed * 31 + step, info.rank))
-                    eb = scaler(eval_batch(eval_ds, local_batch, s.seed + info.rank, step).to(info.device))
+                    torch.manual_seed(distributed.rank_seed(seed * 31 + step, info.rank))
+                    eb = scaler(eval_batch(eval_ds, local_batch, seed + info.rank, step).to(info.device))
                     logger.scalars(step, eval_step(state, eb), "eval/")
             if step % s.snapshot_freq_for_preemption == 0:
-                save(state, config, checkpoint.meta_checkpoint_path(workdir), info)
+                save(state, spec, checkpoint.meta_checkpoint_path(workdir), info)
             if step % s.snapshot_freq == 0 or step == s.n_iters:
-                save(state, config, checkpoint.checkpoint_path(workdir, step), info)
+                save(state, spec, checkpoint.checkpoint_path(workdir, step), info)
                 if s.snapshot_sampling:
                     with torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda" else []):
-                        logger_image = snapshot_samples(config, sde, state, workdir, step, info)
+                        logger_image = snapshot_samples(spec, sde, state, workdir, step, info)
                     if logger_image is not None:
                         logger.image(step, logger_image)
                     distributed.barrier(info)

@@ -289,6 +289,6 @@ def test_scalers_are_inverse():
 
 def test_config_keys_are_documented():
     root = os.path.join(os.path.dirname(__file__), "..")
-    doc = open(os.path.join(root, "README.md"), encoding="utf-8").read()
+    doc = open(os.path.join(root, "docs", "data.md"), encoding="utf-8").read()
     for key in datasets.CONFIG_KEYS:
         assert f"`{key}`" in doc, key

@@ -313,7 +313,7 @@ def torchrun_nodes(nnodes, workdir, **extra):
 
 
 def test_two_node_rendezvous_launch_matches_the_reference(tmp_path, gloo):
-    """The README's multi-node command (c10d rendezvous, one process per node) trains like 2 ranks."""
+    """The multi-node command of docs/distributed.md (c10d rendezvous, one process per node) trains like 2 ranks."""
     from score_sde import checkpoint
 
     steps = 3

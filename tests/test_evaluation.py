@@ -93,7 +93,7 @@ def test_sampler_outputs(evaluated, method):
     assert rep["sampler"] == method and rep["num_samples"] == 10 and rep["checkpoint_step"] == 10
     assert rep["nfe"] > 0 and rep["num_batches"] == 3 and rep["seconds"] > 0
     assert rep["options"].get("steps") == (None if method == "ode" else 4)
-    assert rep["options"]["eps"] == pytest.approx(1e-3)
+    assert rep["options"]["eps"] is None       # not set: the sampler's own endpoint rule (recorded as such)
     m = rep["metrics"]
     assert m["sliced_wasserstein"] > 0 and m["sliced_wasserstein_floor"] > 0
     assert m["delta_log_p"] == pytest.approx(m["data_nll"] - m["sample_nll"])
@@ -189,8 +189,8 @@ def test_sampler_from_config_maps_options():
     cfg.sampling.method, cfg.sampling.steps, cfg.sampling.eta = "_eval_test_recorder", 7, 0.3
     sde = builders.sde_from_config(cfg)
     evaluation.sampler_from_config(cfg, sde, (5, 2), device=torch.device("cpu"))
-    assert seen == dict(steps=7, eta=0.3, eps=sde.sampling_eps, device=torch.device("cpu"), dtype=torch.float32,
-                        progress=False, shape=(5, 2))
+    assert seen == dict(steps=7, eta=0.3, eps=None, device=torch.device("cpu"), dtype=torch.float32,
+                        progress=False, shape=(5, 2))   # eps unset: the sampler's own default decides
     cfg.sampling.eps = 0.05
     assert evaluation.sampler_settings(cfg, sde)[1] == {"steps": 7, "eta": 0.3, "eps": 0.05}
 

@@ -1,0 +1,92 @@
+"""A trained model in Python: `score_sde.load(workdir_or_checkpoint)` -> Experiment.
+
+    exp = score_sde.load("runs/digits_vp")              # newest checkpoint, EMA weights, its own spec
+    x = exp.sample(16, method="dpm_solver", steps=10)   # model space: [n, C, H, W] or [n, d]
+    nll = exp.nll(x)                                    # nats per sample (probability-flow ODE)
+    bpd = exp.bits_per_dim(batch)                       # data-space batch, as the data sets yield it
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+
+from .. import builders, checkpoint, datasets, likelihood, sde_lib
+from ..evaluation import _bits_per_dim
+from ..models.ema import ExponentialMovingAverage
+from ..training import build_sampler
+from .spec import Spec, as_spec
+
+
+@dataclass
+class Experiment:
+    """The spec, SDE and network of one checkpoint, with the score function every sampler takes."""
+    spec: Spec
+    sde: sde_lib.SDE
+    model: torch.nn.Module
+    step: int
+    path: str
+    device: torch.device
+
+    @property
+    def score_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """score_fn(x, t) of the network (eval mode), as samplers and the likelihood take it."""
+        self.model.eval()
+        return builders.score_fn_from_model(self.spec, self.sde, self.model)
+
+    def sample(self, n: int, method: Optional[str] = None, *, seed: Optional[int] = None,
+               generator: Optional[torch.Generator] = None, **options: Any) -> torch.Tensor:
+        """n samples in model space with the spec's sampler, or `method` with `options` (keyword
+        options of that sampler; None: its default). Seeded by `seed` (default: the spec's seed)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"sample(n) needs a positive integer n, got {n!r}")
+        spec = self.spec.replace(sampling=self.spec.sampling.with_options(method, **options))
+        sampler = build_sampler(spec, self.sde, (n, *spec.shape), device=self.device)
+        if generator is None:
+            generator = torch.Generator(device=self.device).manual_seed(self.spec.seed if seed is None else seed)
+        with torch.no_grad():
+            x, _ = sampler(self.score_fn, generator=generator)
+        return x
+
+    def nll(self, x: torch.Tensor, *, trace: str = "exact", generator: Optional[torch.Generator] = None,
+            **options: Any) -> torch.Tensor:
+        """Negative log-likelihood of model-space x in nats per sample, through the probability-flow ODE
+        (trace: "exact" or a Hutchinson estimator; options: get_likelihood_fn's rtol, atol, ...)."""
+        nll_fn = likelihood.get_likelihood_fn(self.sde, trace=trace, **options)
+        nll, _, _ = nll_fn(self.score_fn, x.to(self.device), generator=generator)
+        return nll.detach()
+
+    def bits_per_dim(self, batch: torch.Tensor, **options: Any) -> torch.Tensor:
+        """Bits/dim of each item of a data-space batch (images in [0, 1], dequantized as the data sets
+        yield them; toy points as drawn); nll options as in `nll`."""
+        x = datasets.get_data_scaler(self.spec)(batch.to(self.device))
+        return _bits_per_dim(self.nll(x, **options).double(), self.spec, self.spec.shape)
+
+
+def load(path: str, *, config: Any = None, device: Any = None, ema: bool = True) -> Experiment:
+    """The experiment of a checkpoint file, or of a workdir's newest checkpoint.
+
+    The spec comes from the checkpoint (config: a ConfigDict / dict / Spec to use instead); ema=False
+    loads the raw training weights; device defaults to CUDA when visible, else the CPU."""
+    path = os.fspath(path)
+    ckpt_path = checkpoint.latest_checkpoint(path) if os.path.isdir(path) else path
+    if ckpt_path is None:
+        raise FileNotFoundError(f"no checkpoint under {path}/checkpoints; train first (main.py --mode train)")
+    if not os.path.isfile(ckpt_path):
+        raise FileNotFoundError(f"{path} is neither a workdir nor a checkpoint file")
+    ckpt = checkpoint.load_checkpoint(ckpt_path, map_location="cpu")
+    if config is None and not ckpt.get("config"):
+        raise ValueError(f"{ckpt_path} stores no config; pass load(..., config=<the training config>)")
+    spec = as_spec(config if config is not None else ckpt["config"])
+    device = torch.device(device) if device is not None else torch.device(
+        "cuda" if torch.cuda.is_available() and spec.device != "cpu" else "cpu")
+    model = builders.build_model(spec, device)
+    state = {"model": model, "ema": ExponentialMovingAverage(model.parameters(), spec.model.ema_rate),
+             "optimizer": None, "step": 0}
+    builders.load_state(state, ckpt)
+    if ema and "ema" in ckpt:
+        state["ema"].copy_to(model.parameters())
+    model.eval()
+    return Experiment(spec, builders.sde_from_config(spec), model, state["step"], ckpt_path, device)

@@ -1,0 +1,570 @@
+"""The experiment spec: a config (ConfigDict, dict or JSON) turned ONCE into frozen, typed sections.
+
+    spec = Spec.from_config(config)             # every default and every check lives here
+    spec.training.n_iters; spec.sampling.method; spec.sampling.options   # what the sampler gets
+
+Only this module (and main.py) reads a ConfigDict; everything below takes a `Spec` or typed arguments.
+Each section is a frozen dataclass; its field defaults are THE defaults (config files may omit any
+field). A section also answers `section.get(name, default)` so that code written against config
+sections (the model constructors, the data sets) reads the spec unchanged.
+
+Adding a field: add it, with its type and default, to the section dataclass (and a check in its
+`_check`). Adding a section: write a frozen `Section` subclass and add it to `Spec` (`_SECTIONS`
+maps the config's section name to the class). Sampler options are NOT listed here: they are the
+keyword-only arguments of the registered sampler factories (`sampler_option_types`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+SDE_NAMES = ("vpsde", "subvpsde", "vesde")
+PREDICTIONS = ("eps", "score", "x0", "v")
+PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+SPLITS = ("test", "train")
+TRACES = ("exact", "hutchinson-rademacher", "hutchinson-gaussian")
+# sampler keyword arguments the pipeline fills itself (not config fields)
+RUNTIME_OPTIONS = ("device", "dtype", "progress")
+
+
+class Section:
+    """Read access shared by every section: attributes, `get(name, default)` and `[name]`."""
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return getattr(self, name, default)
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return getattr(self, name)
+        except AttributeError:
+            raise KeyError(name) from None
+
+    def __contains__(self, name: str) -> bool:
+        return hasattr(self, name)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {f.name: (lambda v: v.to_dict() if isinstance(v, Section) else v)(getattr(self, f.name))
+                for f in dataclasses.fields(self)}
+
+    def _check(self) -> None:
+        """Raise ValueError naming the field and the fix; sections override this."""
+
+    def __post_init__(self) -> None:
+        self._check()
+
+
+def _positive(section: str, **values: Any) -> None:
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"config.{section}.{name} must be a positive integer, got {v!r}")
+
+
+def _choice(section: str, name: str, value: Any, allowed: Tuple[Any, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"config.{section}.{name}={value!r}; choose one of {allowed}")
+
+
+def _bools(section: str, obj: Any, *names: str) -> None:
+    for name in names:
+        if not isinstance(getattr(obj, name), bool):
+            raise ValueError(f"config.{section}.{name} must be True or False, got {getattr(obj, name)!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataSpec(Section):
+    dataset: str = "cifar10"
+    root: Optional[str] = None              # cifar10 / image_folder files
+    image_size: int = 32
+    num_channels: int = 3
+    num_levels: Optional[int] = 256         # None for continuous (toy) data
+    centered: bool = False                  # model space [-1, 1] instead of [0, 1]
+    random_flip: bool = False
+    uniform_dequantization: bool = False
+    dim: int = 2                            # toy data sets: dimension of a point
+    num_train: int = 10000                  # toy data sets: sizes and seed of the draws
+    num_eval: int = 2000
+    seed: int = 0
+    eval_fraction: float = 0.1              # image_folder: held-out fraction
+
+    def _check(self) -> None:
+        from ..datasets import DATASETS
+        object.__setattr__(self, "dataset", str(self.dataset).lower())
+        _choice("data", "dataset", self.dataset, DATASETS)
+        _bools("data", self, "centered", "random_flip", "uniform_dequantization")
+
+    @property
+    def is_toy(self) -> bool:
+        from ..datasets import TOY_DATASETS
+        return self.dataset in TOY_DATASETS
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        """One item: (dim,) for toy points, (C, H, W) for images."""
+        return (self.dim,) if self.is_toy else (self.num_channels, self.image_size, self.image_size)
+
+
+@dataclass(frozen=True)
+class ModelSpec(Section):
+    """SDE parameters, EMA, prediction type; architecture fields (nf, ch_mult, ...) in `arch`."""
+    name: str = "ncsnpp"
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+    num_scales: int = 1000
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    ema_rate: float = 0.9999
+    prediction: Optional[str] = None        # None: eps for VP/subVP, score for VE (the model's default)
+    dropout: float = 0.1
+    embedding_type: str = "fourier"
+    arch: Mapping[str, Any] = field(default_factory=dict)   # read by the model's constructor
+
+    def __getattr__(self, name: str) -> Any:  # only called for names that are not fields
+        arch = self.__dict__.get("arch", {})
+        if name in arch:
+            return arch[name]
+        raise AttributeError(f"config.model has no field {name!r}")
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.__dict__ or name in self.__dict__.get("arch", {})
+
+    def to_dict(self) -> Dict[str, Any]:
+        out = super().to_dict()
+        return {**{k: v for k, v in out.items() if k != "arch"}, **dict(out["arch"])}
+
+    def _check(self) -> None:
+        object.__setattr__(self, "arch", types.MappingProxyType(dict(self.arch)))
+        if self.prediction is not None:
+            _choice("model", "prediction", self.prediction, PREDICTIONS)
+        if not 0.0 <= self.ema_rate < 1.0:
+            raise ValueError(f"config.model.ema_rate must be in [0, 1), got {self.ema_rate!r}")
+        _positive("model", num_scales=self.num_scales)
+
+
+@dataclass(frozen=True)
+class TrainingSpec(Section):
+    sde: str = "vpsde"
+    continuous: bool = True
+    reduce_mean: bool = False
+    likelihood_weighting: bool = False
+    batch_size: int = 128                   # global: split evenly across torchrun processes
+    n_iters: int = 1300001
+    log_freq: int = 50
+    eval_freq: int = 100
+    snapshot_freq: int = 50000
+    snapshot_freq_for_preemption: int = 10000
+    snapshot_sampling: bool = True
+    precision: str = "auto"                 # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False
+    channels_last: bool = False
+
+    def _check(self) -> None:
+        object.__setattr__(self, "sde", str(self.sde).lower())
+        object.__setattr__(self, "precision", str(self.precision).lower())
+        if self.sde not in SDE_NAMES:
+            raise ValueError(f"unknown training.sde {self.sde!r}; choose one of {SDE_NAMES}")
+        _choice("training", "precision", self.precision, PRECISIONS)
+        _bools("training", self, "continuous", "reduce_mean", "likelihood_weighting", "snapshot_sampling",
+               "compile", "channels_last")
+        _positive("training", batch_size=self.batch_size, n_iters=self.n_iters, log_freq=self.log_freq,
+                  eval_freq=self.eval_freq, snapshot_freq=self.snapshot_freq,
+                  snapshot_freq_for_preemption=self.snapshot_freq_for_preemption)
+
+    @property
+    def loss_kind(self) -> str:
+        """'dsm' for continuous training; discrete: 'smld' for VE (NCSN), 'ddpm' for VP/subVP."""
+        if self.continuous:
+            return "dsm"
+        return "smld" if self.sde == "vesde" else "ddpm"
+
+
+@dataclass(frozen=True)
+class OptimSpec(Section):
+    optimizer: str = "Adam"
+    lr: float = 2e-4
+    beta1: float = 0.9
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup: int = 5000
+    grad_clip: float = 1.0
+
+    def _check(self) -> None:
+        _choice("optim", "optimizer", self.optimizer, ("Adam", "AdamW"))
+
+
+@dataclass(frozen=True)
+class SamplingSpec(Section):
+    """The sampler and the options it is given; options left out take the sampler's own defaults.
+
+    `others` keeps the config file's options for other samplers (e.g. pc's predictor in a ddim
+    config): they apply when the method is switched (`with_options`, the command line)."""
+    method: str = "pc"
+    options: Mapping[str, Any] = field(default_factory=dict)
+    progress: bool = False                  # a progress bar over the sampler's steps (rank 0)
+    others: Mapping[str, Any] = field(default_factory=dict)
+
+    def _check(self) -> None:
+        object.__setattr__(self, "options", types.MappingProxyType(dict(self.options)))
+        object.__setattr__(self, "others", types.MappingProxyType(dict(self.others)))
+        check_sampler_options(self.method, self.options)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"method": self.method, **dict(self.others), **dict(self.options), "progress": self.progress}
+
+    def with_options(self, method: Optional[str] = None, **options: Any) -> "SamplingSpec":
+        """This sampling with another method and/or explicit options (None: the sampler's default)."""
+        return resolve_sampling(self.to_dict(), {**({"method": method} if method else {}), **options}, self.progress)
+
+
+@dataclass(frozen=True)
+class EvalSpec(Section):
+    begin_ckpt: Optional[int] = None        # training steps; both None: the newest checkpoint only
+    end_ckpt: Optional[int] = None
+    batch_size: int = 1024
+    enable_loss: bool = True
+    enable_bpd: bool = False
+    enable_sampling: bool = False
+    num_samples: int = 50000
+    bpd_dataset: str = "test"
+    bpd_trace: str = "hutchinson-rademacher"
+    bpd_num_batches: int = 0                # 0: the whole split
+    reference_split: str = "test"           # samples are compared with this split (SW2, FID)
+    num_reference: int = 10000
+    enable_fid: bool = False
+    inception_path: Optional[str] = None
+    import_ckpt: Optional[str] = None       # a score_sde_pytorch checkpoint to evaluate
+    progress: bool = True                   # rank-0 progress bars over checkpoints, batches, samples
+
+    def _check(self) -> None:
+        _positive("eval", batch_size=self.batch_size, num_samples=self.num_samples)
+        _choice("eval", "bpd_dataset", self.bpd_dataset, SPLITS + ("eval",))
+        _choice("eval", "bpd_trace", self.bpd_trace, TRACES)
+        _choice("eval", "reference_split", self.reference_split, SPLITS)
+        if isinstance(self.num_reference, bool) or not isinstance(self.num_reference, int) or self.num_reference < 2:
+            raise ValueError(f"eval.num_reference={self.num_reference!r} must be an integer >= 2 "
+                             f"(FID needs a covariance)")
+        if not isinstance(self.bpd_num_batches, int) or self.bpd_num_batches < 0:
+            raise ValueError(f"config.eval.bpd_num_batches must be an integer >= 0, got {self.bpd_num_batches!r}")
+        for name in ("begin_ckpt", "end_ckpt"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise ValueError(f"config.eval.{name} must be a training step >= 0 or None, got {v!r}")
+        _bools("eval", self, "enable_loss", "enable_bpd", "enable_sampling", "enable_fid", "progress")
+
+    @property
+    def steps_range(self) -> Optional[Tuple[int, Optional[int]]]:
+        """(begin, end) in training steps, or None when no range is given (evaluate the newest)."""
+        if self.begin_ckpt is None and self.end_ckpt is None:
+            return None
+        return (self.begin_ckpt or 0, self.end_ckpt)
+
+
+_SECTIONS = {"data": DataSpec, "model": ModelSpec, "training": TrainingSpec, "optim": OptimSpec,
+             "sampling": SamplingSpec, "eval": EvalSpec}
+
+
+@dataclass(frozen=True)
+class Spec(Section):
+    """The whole experiment: top-level seed/device plus one frozen section per config section."""
+    seed: int = 42
+    device: str = "auto"                    # auto | cpu | cuda
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    training: TrainingSpec = field(default_factory=TrainingSpec)
+    optim: OptimSpec = field(default_factory=OptimSpec)
+    sampling: SamplingSpec = field(default_factory=SamplingSpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+
+    def _check(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"config.seed must be an integer, got {self.seed!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"config.device={self.device!r}; choose one of {DEVICES}")
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def prediction(self) -> str:
+        """What the network predicts: model.prediction, else eps for VP/subVP and score for VE."""
+        return self.model.prediction or ("score" if self.training.sde == "vesde" else "eps")
+
+    def replace(self, **sections: Any) -> "Spec":
+        """A copy with whole sections or sections' fields replaced: replace(data={"centered": True})."""
+        changes = {}
+        for name, value in sections.items():
+            current = getattr(self, name)
+            changes[name] = dataclasses.replace(current, **value) if isinstance(value, dict) else value
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"seed": self.seed, "device": self.device,
+                **{name: getattr(self, name).to_dict() for name in _SECTIONS}}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), default=_json_default, sort_keys=True)
+
+    @classmethod
+    def from_config(cls, config: Any, sampling_overrides: Optional[Mapping[str, Any]] = None,
+                    overrides: Optional[Mapping[str, str]] = None) -> "Spec":
+        """The spec of a ConfigDict / nested dict / JSON string (a checkpoint's "config").
+
+        sampling_overrides (values) and overrides ({"section.field": command-line text}) are what the
+        user set explicitly: they win; "None" means the default; a sampling option the chosen sampler
+        does not take is an error (resolve_sampling)."""
+        if isinstance(config, Spec):
+            config = config.to_dict()
+        if isinstance(config, (str, bytes)):
+            config = json.loads(config)
+        top = {k: _read(config, k) for k in ("seed", "device") if _read(config, k) is not None}
+        raws = {name: _section_items(config, name) for name in _SECTIONS}
+        explicit = dict(sampling_overrides or {})
+        for path, text in (overrides or {}).items():
+            section, _, name = path.partition(".")
+            if not name:
+                top[section] = parse_field("", section, text)
+                if top[section] is None:
+                    del top[section]
+            elif section == "sampling":
+                explicit[name] = parse_option(name, text)
+            else:
+                target, *inner, leaf = path.split(".")
+                node = raws[target]
+                for part in inner:  # a nested section (e.g. eval.likelihood.rtol)
+                    node = node.setdefault(part, {})
+                node[leaf] = parse_field(section, name, text)
+        sections: Dict[str, Any] = {}
+        for name, klass in _SECTIONS.items():
+            raw = raws[name]
+            if name == "sampling":
+                sections[name] = resolve_sampling(raw, explicit, raw.get("progress"))
+            elif name == "model":
+                known = {f.name for f in dataclasses.fields(ModelSpec)} - {"arch"}
+                fields = _build(ModelSpec, name, {k: v for k, v in raw.items() if k in known}, build=False)
+                sections[name] = ModelSpec(**fields, arch={k: v for k, v in raw.items() if k not in known})
+            else:
+                sections[name] = _build(klass, name, raw)
+        return cls(**top, **sections)
+
+
+def _field_hint(path: str) -> Any:
+    """The type hint of the spec field at a dotted path ("eval.batch_size", "seed"), or None."""
+    klass: Any = Spec
+    for i, part in enumerate(path.split(".")):
+        if not (isinstance(klass, type) and issubclass(klass, Section)):
+            return None
+        names = {f.name for f in dataclasses.fields(klass)} - {"arch", "options", "others"}
+        if part not in names:
+            return None
+        klass = typing.get_type_hints(klass)[part]
+    return klass
+
+
+def _is_section(hint: Any) -> bool:
+    return isinstance(hint, type) and issubclass(hint, Section)
+
+
+def is_spec_field(path: str) -> bool:
+    """True for dotted paths of spec fields ("seed", "eval.batch_size", nested sections' fields) and
+    for sampling.<any sampler option>, sampling.method and sampling.progress."""
+    section, _, name = path.partition(".")
+    if section == "sampling" and name:
+        return name in sampler_option_types() or name in ("method", "progress")
+    hint = _field_hint(path)
+    return hint is not None and not _is_section(hint)
+
+
+def parse_field(section: str, name: str, text: str) -> Any:
+    """Command-line text for the (non-sampling) spec field `section.name` -> a value of its type;
+    'None' -> None (the default)."""
+    path = ".".join(p for p in (section, name) if p)
+    base = _base_type(_field_hint(path))
+    if text.strip() == "None":
+        return None
+    if base is bool:
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"--config.{path} takes True or False, got {text!r}")
+        return text.lower() in ("true", "1")
+    try:
+        return base(text) if base in (int, float, str) else text
+    except ValueError:
+        raise ValueError(f"--config.{path}={text!r} is not {_KIND[base]}") from None
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (tuple, types.MappingProxyType)):
+        return list(value) if isinstance(value, tuple) else dict(value)
+    if isinstance(value, float) and math.isinf(value):
+        return str(value)
+    return str(value)
+
+
+def _read(config: Any, name: str) -> Any:
+    if isinstance(config, Mapping):
+        return config.get(name)
+    return config.get(name, None) if hasattr(config, "get") else getattr(config, name, None)
+
+
+def _section_items(config: Any, name: str) -> Dict[str, Any]:
+    """A config section as a plain dict (every field read once, here)."""
+    section = _read(config, name)
+    if section is None:
+        return {}
+    return {str(k): _plain(section[k] if not isinstance(section, Mapping) else section.get(k))
+            for k in list(section.keys())}
+
+
+def _plain(value: Any) -> Any:
+    """Lists -> tuples; nested config sections -> plain dicts."""
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(value, Mapping) or (hasattr(value, "keys") and hasattr(value, "get") and not isinstance(value, Section)):
+        return {str(k): _plain(value[k]) for k in list(value.keys())}
+    return value
+
+
+def _build(klass: type, section: str, raw: Dict[str, Any], build: bool = True) -> Any:
+    """klass(**raw) with None meaning "the default", unknown fields an error, values coerced to the types
+    (build=False: the coerced keyword arguments)."""
+    fields = {f.name: f for f in dataclasses.fields(klass)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ValueError(f"config.{section} has unknown field(s) {unknown}; valid fields: {sorted(fields)}")
+    hints = typing.get_type_hints(klass)
+    values = {k: _build(hints[k], f"{section}.{k}", v) if _is_section(hints[k]) and isinstance(v, Mapping)
+              else _coerce(section, k, v, hints[k]) for k, v in raw.items() if v is not None}
+    return klass(**values) if build else values
+
+
+def _coerce(section: str, name: str, value: Any, hint: Any) -> Any:
+    """int/float/str fields accept values of the obvious kind (1 for 1.0, numpy ints); bools stay strict."""
+    base = _base_type(hint)
+    if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if base is int and not isinstance(value, bool) and hasattr(value, "__index__"):
+        return int(value)
+    if base is str and not isinstance(value, str):
+        raise ValueError(f"config.{section}.{name} must be a string, got {value!r}")
+    return value
+
+
+def _base_type(hint: Any) -> Any:
+    """int for Optional[int] / 'Optional[int]'; the type of the annotation otherwise."""
+    if isinstance(hint, str):
+        for name, t in (("bool", bool), ("int", int), ("float", float), ("str", str)):
+            if hint.replace("Optional[", "").rstrip("]") == name:
+                return t
+        return None
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return _base_type(args[0]) if args else hint
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampler options: derived from the registry, never listed by hand
+# ----------------------------------------------------------------------------------------------
+def _sampler_params(method: str):
+    from .. import sampling
+    if method not in sampling.SAMPLERS:
+        raise ValueError(f"config.sampling.method={method!r} is not a sampler; choose one of "
+                         f"{sorted(sampling.SAMPLERS)}")
+    params = inspect.signature(sampling.SAMPLERS[method]).parameters.values()
+    return [p for p in params if p.kind is p.KEYWORD_ONLY and p.name not in RUNTIME_OPTIONS]
+
+
+def sampler_option_names(method: str) -> Tuple[str, ...]:
+    """The options `method` takes (its factory's keyword-only arguments, runtime ones excluded)."""
+    return tuple(p.name for p in _sampler_params(method))
+
+
+def sampler_defaults(method: str) -> Dict[str, Any]:
+    """`method`'s own default of every option (what a report records for options left unset)."""
+    return {p.name: p.default for p in _sampler_params(method) if p.default is not inspect.Parameter.empty}
+
+
+def sampler_option_types() -> Dict[str, type]:
+    """Every option of every registered sampler -> its value type (bool, int, float or str).
+
+    The type is the annotation's (Optional[...] unwrapped), else the default's; these are the
+    config.sampling fields settable from the command line."""
+    from .. import sampling
+    out: Dict[str, type] = {}
+    for method in sorted(sampling.SAMPLERS):
+        for p in _sampler_params(method):
+            t = _base_type(p.annotation) if p.annotation is not inspect.Parameter.empty else None
+            if t not in (bool, int, float, str):
+                t = type(p.default) if isinstance(p.default, (bool, int, float, str)) else str
+            out.setdefault(p.name, t)
+    return out
+
+
+_KIND = {int: "an integer", float: "a number", str: "a string", bool: "True or False"}
+
+
+def parse_option(name: str, text: str) -> Any:
+    """A command-line string for sampling field `name` -> its value ('None': the sampler's default)."""
+    types_ = {**sampler_option_types(), "method": str, "progress": bool}
+    if name not in types_:
+        raise ValueError(f"unknown sampling option {name!r}; the samplers take {sorted(types_)}")
+    if text.strip() == "None":
+        return None
+    t = types_[name]
+    if t is bool:
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"--config.sampling.{name} takes True or False, got {text!r}")
+        return text.lower() in ("true", "1")
+    try:
+        return t(text)
+    except ValueError:
+        raise ValueError(f"--config.sampling.{name}={text!r} is not {_KIND[t]}") from None
+
+
+def check_sampler_options(method: str, options: Mapping[str, Any]) -> None:
+    """An option `method` does not take is an error naming the sampler and its options."""
+    valid = sampler_option_names(method)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"sampler {method!r} does not take option(s) {unknown}; its options are {list(valid)} "
+                         f"(set a field to None to use the sampler's default)")
+
+
+def resolve_sampling(file: Mapping[str, Any], explicit: Mapping[str, Any], progress: Any = None) -> SamplingSpec:
+    """The sampler and its options from the config file's sampling section and explicit overrides.
+
+    The file's options that its own method takes belong to that method: they are dropped when an
+    override switches the method. Its other options (e.g. pc's predictor in a ddim config) apply to
+    any sampler that takes them and are ignored otherwise. Explicit options win; None means "the
+    sampler's default"; an explicit option the chosen sampler does not take is an error."""
+    all_options = set(sampler_option_types())
+    file_method = str(file.get("method") or "pc")
+    method = str(explicit.get("method") or file_method)
+    if explicit.get("progress") is not None:
+        progress = explicit["progress"]
+    stray = sorted(set(file) - all_options - {"method", "progress"})
+    if stray:
+        raise ValueError(f"config.sampling has field(s) {stray} that no sampler takes; sampler options are "
+                         f"{sorted(all_options)}")
+    valid = set(sampler_option_names(method))
+    own = set(sampler_option_names(file_method)) if method != file_method else set()
+    options = {k: v for k, v in file.items() if k in valid and k not in own and v is not None}
+    others = {k: v for k, v in file.items() if k in all_options - valid - own and v is not None}
+    given = {k: v for k, v in explicit.items() if k not in ("method", "progress")}
+    check_sampler_options(method, given)
+    options.update({k: v for k, v in given.items() if v is not None})
+    for k in [k for k, v in given.items() if v is None]:
+        options.pop(k, None)
+    return SamplingSpec(method=method, options=options, progress=bool(progress or False), others=others)
+
+
+def as_spec(config: Any) -> Spec:
+    """A Spec as is; anything else (ConfigDict, dict, JSON) through Spec.from_config."""
+    return config if isinstance(config, Spec) else Spec.from_config(config)
