@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import torch
 
-from . import builders, checkpoint, datasets, distributed, losses, metrics, report, sampling
+from . import builders, checkpoint, datasets, distributed, losses, metrics, report, sampling, workdir_lock
 from .models.ema import ExponentialMovingAverage
 
 log = logging.getLogger(__name__)
@@ -113,10 +113,13 @@ def _reset_ema(state: Dict[str, Any]) -> None:
     state["ema"] = ExponentialMovingAverage(state["model"].parameters(), decay)
 
 
-def load_ema_weights(ctx: _Context, path: str) -> int:
-    """Load our checkpoint (weights-only) and put its EMA weights into the model; returns its step."""
-    ckpt = checkpoint.load_checkpoint(path, map_location="cpu")
-    builders.load_state(ctx.state, ckpt)
+def load_ema_weights(ctx: _Context, path: str, allow_fingerprint_mismatch: bool = False) -> int:
+    """Load our checkpoint (weights-only, checksum and config fingerprint checked) and put its EMA
+    weights into the model; returns its step."""
+    from .training import fingerprint_fields
+    ckpt = checkpoint.load_checkpoint(path, map_location="cpu", fingerprint_fields=fingerprint_fields(ctx.config),
+                                      allow_fingerprint_mismatch=allow_fingerprint_mismatch)
+    builders.load_state(ctx.state, ckpt, path)
     if "ema" in ckpt:
         ctx.state["ema"].copy_to(ctx.model.parameters())
     _reset_ema(ctx.state)
@@ -438,19 +441,23 @@ class _Dummy:
     sampling_eps = 0.0
 
 
-def evaluate(config: Any, workdir: str, eval_folder: str = "eval") -> None:
-    """Evaluate every checkpoint with step in [eval.begin_ckpt, eval.end_ckpt], or eval.import_ckpt."""
+def evaluate(config: Any, workdir: str, eval_folder: str = "eval", allow_fingerprint_mismatch: bool = False) -> None:
+    """Evaluate every checkpoint with step in [eval.begin_ckpt, eval.end_ckpt], or eval.import_ckpt.
+    Holds the eval folder's lock (score_sde.workdir_lock) while writing into it."""
     _checks(config)
     ctx = _context(config)
     try:
-        _evaluate(ctx, workdir, eval_folder)
+        with workdir_lock.hold_on_main(os.path.join(workdir, eval_folder), ctx.info):
+            _evaluate(ctx, workdir, eval_folder, allow_fingerprint_mismatch)
         distributed.barrier(ctx.info)  # no rank tears the group down while another still uses it
     finally:
         distributed.cleanup()
 
 
-def _evaluate(ctx: _Context, workdir: str, eval_folder: str) -> None:
+def _evaluate(ctx: _Context, workdir: str, eval_folder: str, allow_fingerprint_mismatch: bool = False) -> None:
     config, root = ctx.config, os.path.join(workdir, eval_folder)
+    if ctx.info.is_main:
+        checkpoint.remove_stale_tmp(root)
     imported = _get(config.eval, "import_ckpt")
     if imported:
         step = load_imported(ctx, str(imported))
@@ -459,29 +466,32 @@ def _evaluate(ctx: _Context, workdir: str, eval_folder: str) -> None:
         return
     begin, end = int(_get(config.eval, "begin_ckpt", 0) or 0), _get(config.eval, "end_ckpt")
     for step, path in checkpoints_in_range(workdir, begin, None if end is None else int(end)):
-        loaded = load_ema_weights(ctx, path)
+        loaded = load_ema_weights(ctx, path, allow_fingerprint_mismatch)
         evaluate_checkpoint(ctx, os.path.join(root, f"ckpt_{loaded}"), loaded, path)
 
 
-def sample(config: Any, workdir: str, eval_folder: str = "eval") -> str:
+def sample(config: Any, workdir: str, eval_folder: str = "eval", allow_fingerprint_mismatch: bool = False) -> str:
     """eval.num_samples samples from the newest checkpoint (or eval.import_ckpt) with the configured
     sampler: `<workdir>/<eval_folder>/sample_<step>/<method>_<tag>/` (samples.npz, samples.png, report.json)."""
     sampler_settings(config, _Dummy())
     ctx = _context(config)
     try:
-        out = _sample(ctx, workdir, eval_folder)
+        with workdir_lock.hold_on_main(os.path.join(workdir, eval_folder), ctx.info):
+            out = _sample(ctx, workdir, eval_folder, allow_fingerprint_mismatch)
         distributed.barrier(ctx.info)
         return out
     finally:
         distributed.cleanup()
 
 
-def _sample(ctx: _Context, workdir: str, eval_folder: str) -> str:
+def _sample(ctx: _Context, workdir: str, eval_folder: str, allow_fingerprint_mismatch: bool = False) -> str:
     config = ctx.config
+    if ctx.info.is_main:
+        checkpoint.remove_stale_tmp(os.path.join(workdir, eval_folder))
     imported = _get(config.eval, "import_ckpt")
     path = str(imported) if imported else checkpoint.latest_checkpoint(workdir)
     if path is None:
         raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints; train first (--mode train) or set "
                                 f"eval.import_ckpt")
-    step = load_imported(ctx, path) if imported else load_ema_weights(ctx, path)
+    step = load_imported(ctx, path) if imported else load_ema_weights(ctx, path, allow_fingerprint_mismatch)
     return sampling_job(ctx, os.path.join(workdir, eval_folder, f"sample_{step}"), step, path, with_metrics=False)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from . import builders, checkpoint, datasets, distributed, images, losses
+from . import builders, checkpoint, datasets, distributed, images, integrity, losses, preemption, workdir_lock
 
 log = logging.getLogger(__name__)
 SNAPSHOT_IMAGES = 64   # images drawn for the snapshot grid
@@ -120,28 +120,48 @@ def _config_json(config: Any) -> str:
         return json.dumps(str(config))
 
 
-def save(state: Dict[str, Any], config: Any, path: str, info: distributed.DistInfo) -> None:
-    """Checkpoint (model, EMA, optimizer, step, rank 0's RNG, config) written atomically by rank 0.
+def fingerprint_fields(config: Any) -> Dict[str, Any]:
+    """The model/SDE-defining fields of config (integrity.FINGERPRINT_FIELDS), from its JSON dump.
+    (To be supplied by the typed spec once it lands.)"""
+    return integrity.fingerprint_fields(json.loads(_config_json(config)))
+
+
+def save(state: Dict[str, Any], config: Any, path: str, info: distributed.DistInfo,
+         last_good: Optional[str] = None) -> str:
+    """Checkpoint (model, EMA, optimizer, step, rank 0's RNG, config, fingerprint) written atomically by
+    rank 0; refused if anything in it is non-finite (the error names `last_good`). Returns `path`.
 
     The weights are the plain module's (distributed.unwrap: no DDP/compile prefixes) in fp32 (autocast
     never changes parameter dtypes). The RNG is informational: training draws are keyed by step."""
     if info.is_main:
         ckpt = builders.state_dict_for_checkpoint(state)
         ckpt.update(rng=checkpoint.capture_rng_state(), config=_config_json(config))
-        checkpoint.save_checkpoint(path, ckpt)
+        checkpoint.save_checkpoint(path, ckpt, fingerprint_fields(config), last_good)
     distributed.barrier(info)
+    return path
 
 
-def resume(state: Dict[str, Any], workdir: str, info: distributed.DistInfo) -> Optional[str]:
+def require_finite(state: Dict[str, Any], last_good: Optional[str]) -> None:
+    """After each update, before any save: weights, EMA and optimizer state must be finite (same on
+    every rank, so every rank raises together)."""
+    live = {"model": distributed.unwrap(state["model"]).state_dict(), "ema": state["ema"].shadow_params,
+            "optimizer": state["optimizer"].state_dict()["state"]}
+    checkpoint.require_finite(integrity.float_tensors(live), state["step"], last_good)
+
+
+def resume(state: Dict[str, Any], workdir: str, info: distributed.DistInfo, fields: Optional[Dict[str, Any]] = None,
+           allow_fingerprint_mismatch: bool = False) -> Optional[str]:
     """Load the newest checkpoint (numbered or preemption) into state; its path or None.
 
     Works for any number of processes: the weights, EMA, optimizer and step are global, and every
-    random draw after step s is keyed by (seed, s, rank), so nothing per-rank is restored."""
+    random draw after step s is keyed by (seed, s, rank), so nothing per-rank is restored. A checkpoint
+    whose fingerprint differs from `fields` is refused unless `allow_fingerprint_mismatch`."""
     path = checkpoint.latest_checkpoint(workdir)
     if path is None:
         return None
-    ckpt = checkpoint.load_checkpoint(path, map_location=info.device)
-    builders.load_state(state, ckpt)
+    ckpt = checkpoint.load_checkpoint(path, map_location=info.device, fingerprint_fields=fields,
+                                      allow_fingerprint_mismatch=allow_fingerprint_mismatch)
+    builders.load_state(state, ckpt, path)
     return path
 
 
@@ -231,23 +251,30 @@ def prepare_workdir(workdir: str) -> None:
         raise PermissionError(f"cannot write to --workdir={workdir} ({e.strerror}); choose a writable folder") from None
 
 
-def train(config: Any, workdir: str) -> Dict[str, Any]:
-    """Train config's model in workdir, resuming from the newest checkpoint there; returns the final state."""
+def train(config: Any, workdir: str, allow_fingerprint_mismatch: bool = False) -> Dict[str, Any]:
+    """Train config's model in workdir, resuming from the newest checkpoint there; returns the final state.
+
+    Holds the workdir's lock (score_sde.workdir_lock) throughout; SIGTERM/SIGINT end the current step,
+    save the preemption checkpoint and raise preemption.Preempted (docs/reliability.md)."""
     settings = read_settings(config)
     info = distributed.setup(str(config.device))
     try:
-        state = _train(config, workdir, settings, info)
+        if info.is_main:
+            prepare_workdir(workdir)
+        with workdir_lock.hold_on_main(workdir, info), preemption.StopOnSignal() as stop:
+            state = _train(config, workdir, settings, info, stop, allow_fingerprint_mismatch)
         distributed.barrier(info)  # no rank tears the group down while another still uses it
         return state
     finally:
         distributed.cleanup()
 
 
-def _train(config: Any, workdir: str, s: TrainSettings, info: distributed.DistInfo) -> Dict[str, Any]:
+def _train(config: Any, workdir: str, s: TrainSettings, info: distributed.DistInfo,
+           stop: preemption.StopOnSignal, allow_fingerprint_mismatch: bool = False) -> Dict[str, Any]:
     local_batch = distributed.local_batch_size(s.batch_size, info)
-    if info.is_main:
-        prepare_workdir(workdir)
-    distributed.barrier(info)
+    if info.is_main:  # under the lock: no other writer can own these temp files
+        for sub in ("checkpoints", "checkpoints-meta", "samples"):
+            checkpoint.remove_stale_tmp(os.path.join(workdir, sub))
     train_ds, eval_ds = datasets.get_dataset(config)
     scaler = datasets.get_data_scaler(config)
     sde = builders.sde_from_config(config)
@@ -255,7 +282,7 @@ def _train(config: Any, workdir: str, s: TrainSettings, info: distributed.DistIn
     seed_everything(s.seed)  # identical initial weights on every rank
     state = builders.create_state(config, info.device)
     seed_everything(distributed.rank_seed(s.seed, info.rank))
-    resumed = resume(state, workdir, info)
+    resumed = last_good = resume(state, workdir, info, fingerprint_fields(config), allow_fingerprint_mismatch)
     if resumed and info.is_main:
         log.info("resuming from %s (step %d)", resumed, state["step"])
     start = state["step"]
@@ -282,6 +309,7 @@ def _train(config: Any, workdir: str, s: TrainSettings, info: distributed.DistIn
             distributed.seed_step(s.seed, state["step"], info)  # loss noise and dropout of this step/rank
             stats = train_step(state, batch)
             step = state["step"]
+            require_finite(state, last_good)
             logger.advance(stats["loss"])
             if step % s.log_freq == 0:
                 stats["loss"] = float(distributed.all_reduce_sum(torch.tensor(stats["loss"], device=info.device),
@@ -292,16 +320,21 @@ def _train(config: Any, workdir: str, s: TrainSettings, info: distributed.DistIn
                     torch.manual_seed(distributed.rank_seed(s.seed * 31 + step, info.rank))
                     eb = scaler(eval_batch(eval_ds, local_batch, s.seed + info.rank, step).to(info.device))
                     logger.scalars(step, eval_step(state, eb), "eval/")
-            if step % s.snapshot_freq_for_preemption == 0:
-                save(state, config, checkpoint.meta_checkpoint_path(workdir), info)
+            saved_meta = step % s.snapshot_freq_for_preemption == 0
+            if saved_meta:
+                last_good = save(state, config, checkpoint.meta_checkpoint_path(workdir), info, last_good)
             if step % s.snapshot_freq == 0 or step == s.n_iters:
-                save(state, config, checkpoint.checkpoint_path(workdir, step), info)
+                last_good = save(state, config, checkpoint.checkpoint_path(workdir, step), info, last_good)
                 if s.snapshot_sampling:
                     with torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda" else []):
                         logger_image = snapshot_samples(config, sde, state, workdir, step, info)
                     if logger_image is not None:
                         logger.image(step, logger_image)
                     distributed.barrier(info)
+            if stop.requested(info):
+                if not saved_meta:
+                    save(state, config, checkpoint.meta_checkpoint_path(workdir), info, last_good)
+                raise preemption.Preempted(stop.signum, step, checkpoint.meta_checkpoint_path(workdir))
     finally:
         logger.close()
     state["model"] = distributed.unwrap(state["model"])
