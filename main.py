@@ -15,6 +15,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from score_sde import cli_errors
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training/evaluation config file (configs/...).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, TensorBoard logs and samples.")
@@ -46,6 +48,8 @@ def main(argv) -> None:
         run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.eval_folder)
     except USER_ERRORS as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        if isinstance(e, OSError) and e.errno is not None:  # raw OS error: name the path and the fix
+            message = cli_errors.describe_os_error(e)
         print(f"error: {message}", file=sys.stderr)
         sys.exit(1)
     except AttributeError as e:
@@ -54,6 +58,12 @@ def main(argv) -> None:
         print(f"error: the config lacks field {_field_name(e)}; start from a file in configs/ "
               f"(configs/default_*_configs.py lists every field)", file=sys.stderr)
         sys.exit(1)
+    except BaseException as e:  # disk full, read-only, held workdir, preemption, ...: one line; bugs re-raise
+        report = cli_errors.describe(e)
+        if report is None:
+            raise
+        print(report[0], file=sys.stderr)
+        sys.exit(report[1])
 
 
 def _from_config_dict(e: BaseException) -> bool:
@@ -91,6 +101,19 @@ def parse_flags(argv):
         print(f"error: --config: {' '.join(dict.fromkeys(lines[:1] + lines[-1:])) if lines else type(e).__name__}",
               file=sys.stderr)
         sys.exit(2)
+    except Exception as e:  # raised by the code inside the config file
+        print(cli_errors.describe_config_error(e, _config_path(argv)), file=sys.stderr)
+        sys.exit(2)
+
+
+def _config_path(argv) -> str:
+    """The --config file named on the command line (for error messages)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return ""
 
 
 if __name__ == "__main__":
