@@ -304,7 +304,8 @@ def load_cifar10_levels(root: str) -> Tuple[torch.Tensor, torch.Tensor]:
         except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
             if isinstance(e, FileNotFoundError):
                 raise
-            detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+            lines = str(e).splitlines() or [type(e).__name__]  # tarfile lists one line per method tried
+            detail = next((ln.strip("- ") for ln in lines if ln.startswith("- method gz:")), lines[0])
             raise ValueError(f"CIFAR-10 archive {src} is not a readable tar.gz ({detail}); re-download "
                              f"{CIFAR_ARCHIVE}") from None
     train = torch.cat([_parse_cifar_batch(raws[n], f"{src}:{n}") for n in CIFAR_TRAIN])

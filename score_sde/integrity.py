@@ -48,13 +48,13 @@ def fingerprint(fields: Mapping[str, Any]) -> str:
 
 
 def fingerprint_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> List[str]:
-    """'field: <saved> (checkpoint) vs <current> (config)' for every field whose values differ."""
-    out = []
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key), current.get(key)
-        if not _same(a, b):
-            out.append(f"{key}: {a!r} (checkpoint) vs {b!r} (config)")
-    return out
+    """'field: <saved> (checkpoint) vs <current> (config)' for every field set on both sides whose values
+    differ, in FINGERPRINT_FIELDS order. A field set on one side only (a config predating it, or a
+    model/SDE that has no such field) is not compared: a different SDE shows in training.sde."""
+    order = {name: i for i, name in enumerate(FINGERPRINT_FIELDS)}
+    both = sorted(set(saved) & set(current), key=lambda k: (order.get(k, len(order)), k))
+    return [f"{k}: {saved[k]!r} (checkpoint) vs {current[k]!r} (config)" for k in both
+            if not _same(saved[k], current[k])]
 
 
 def _same(a: Any, b: Any) -> bool:

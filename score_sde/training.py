@@ -144,9 +144,10 @@ def save(state: Dict[str, Any], config: Any, path: str, info: distributed.DistIn
 def require_finite(state: Dict[str, Any], last_good: Optional[str]) -> None:
     """After each update, before any save: weights, EMA and optimizer state must be finite (same on
     every rank, so every rank raises together)."""
-    live = {"model": distributed.unwrap(state["model"]).state_dict(), "ema": state["ema"].shadow_params,
-            "optimizer": state["optimizer"].state_dict()["state"]}
-    checkpoint.require_finite(integrity.float_tensors(live), state["step"], last_good)
+    live = (integrity.float_tensors(distributed.unwrap(state["model"]).state_dict(), "model")
+            + integrity.float_tensors(state["optimizer"].state_dict()["state"], "optimizer")
+            + integrity.float_tensors(state["ema"].shadow_params, "ema"))  # named in this order
+    checkpoint.require_finite(live, state["step"], last_good)
 
 
 def resume(state: Dict[str, Any], workdir: str, info: distributed.DistInfo, fields: Optional[Dict[str, Any]] = None,
