@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from . import builders, checkpoint, datasets, distributed, images, integrity, losses, preemption, workdir_lock
+from .atomic import atomic_write
 
 log = logging.getLogger(__name__)
 SNAPSHOT_IMAGES = 64   # images drawn for the snapshot grid
@@ -227,7 +228,8 @@ def snapshot_samples(config: Any, sde, state: Dict[str, Any], workdir: str, step
     x = datasets.get_data_inverse_scaler(config)(x).float().cpu()
     folder = os.path.join(workdir, "samples", f"iter_{step}")
     os.makedirs(folder, exist_ok=True)
-    np.savez_compressed(os.path.join(folder, "samples.npz"), samples=x.numpy())
+    with atomic_write(os.path.join(folder, "samples.npz"), "wb") as f:  # never a truncated file
+        np.savez_compressed(f, samples=x.numpy())
     if len(shape) == 1:
         path = images.scatter_png(x[:, :2], os.path.join(folder, "samples.png"))
         from PIL import Image
