@@ -62,17 +62,18 @@ def _validate_state(state: Dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: str, state: Dict[str, Any], fingerprint_fields: Optional[Mapping[str, Any]] = None,
-                    last_good: Optional[str] = None) -> str:
+                    last_good: Optional[str] = None, check_finite: bool = False) -> str:
     """Write ``state`` to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``), with
     the format version, the fingerprint of ``fingerprint_fields`` and a checksum of its contents.
 
-    Refuses (FloatingPointError) a state holding inf/NaN: the message names the step and ``last_good``,
-    the newest checkpoint known to be fine. A crash or kill mid-write leaves the previous file under
+    ``check_finite`` (training sets it): refuse (FloatingPointError) a state holding inf/NaN; the message
+    names the step and ``last_good``, the newest checkpoint known to be fine. A crash or kill mid-write leaves the previous file under
     ``path`` intact; a hard kill may leave a ``.tmp`` file (see :func:`remove_stale_tmp`)."""
     _validate_state(state)
     state = dict(state, step=int(state["step"]))
-    require_finite(integrity.float_tensors({k: state[k] for k in ("model", "ema", "optimizer") if k in state}),
-                   state["step"], last_good)
+    if check_finite:
+        require_finite(integrity.float_tensors({k: state[k] for k in ("model", "optimizer", "ema") if k in state}),
+                       state["step"], last_good)
     state["format_version"] = FORMAT_VERSION
     if fingerprint_fields is not None:
         state["fingerprint"] = json.dumps(dict(fingerprint_fields), sort_keys=True)

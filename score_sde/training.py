@@ -137,7 +137,7 @@ def save(state: Dict[str, Any], config: Any, path: str, info: distributed.DistIn
     if info.is_main:
         ckpt = builders.state_dict_for_checkpoint(state)
         ckpt.update(rng=checkpoint.capture_rng_state(), config=_config_json(config))
-        checkpoint.save_checkpoint(path, ckpt, fingerprint_fields(config), last_good)
+        checkpoint.save_checkpoint(path, ckpt, fingerprint_fields(config), last_good, check_finite=True)
     distributed.barrier(info)
     return path
 

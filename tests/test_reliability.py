@@ -204,7 +204,8 @@ def test_save_checkpoint_refuses_nonfinite_and_writes_nothing(tmp_path):
     path = str(tmp_path / "c.pth")
     with pytest.raises(FloatingPointError, match=r"ema/shadow_params\[0\] after step 3.*\(none yet\)"):
         checkpoint.save_checkpoint(path, {"model": {"w": torch.ones(2)}, "step": 3,
-                                          "ema": {"shadow_params": [torch.tensor([1.0, float("inf")])]}})
+                                          "ema": {"shadow_params": [torch.tensor([1.0, float("inf")])]}},
+                                   check_finite=True)
     assert os.listdir(tmp_path) == []
 
 
