@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -130,25 +131,39 @@ def fingerprint_fields(config: Any) -> Dict[str, Any]:
 def save(state: Dict[str, Any], config: Any, path: str, info: distributed.DistInfo,
          last_good: Optional[str] = None) -> str:
     """Checkpoint (model, EMA, optimizer, step, rank 0's RNG, config, fingerprint) written atomically by
-    rank 0; refused if anything in it is non-finite (the error names `last_good`). Returns `path`.
+    rank 0; refused on every rank if anything in it is non-finite (the error names `last_good`).
+    Returns `path`.
 
     The weights are the plain module's (distributed.unwrap: no DDP/compile prefixes) in fp32 (autocast
     never changes parameter dtypes). The RNG is informational: training draws are keyed by step."""
+    require_finite(state, last_good)  # every rank (same state): none is left waiting at the barrier
     if info.is_main:
         ckpt = builders.state_dict_for_checkpoint(state)
         ckpt.update(rng=checkpoint.capture_rng_state(), config=_config_json(config))
-        checkpoint.save_checkpoint(path, ckpt, fingerprint_fields(config), last_good, check_finite=True)
+        checkpoint.save_checkpoint(path, ckpt, fingerprint_fields(config), last_good)
     distributed.barrier(info)
     return path
 
 
 def require_finite(state: Dict[str, Any], last_good: Optional[str]) -> None:
-    """After each update, before any save: weights, EMA and optimizer state must be finite (same on
-    every rank, so every rank raises together)."""
-    live = (integrity.float_tensors(distributed.unwrap(state["model"]).state_dict(), "model")
-            + integrity.float_tensors(state["optimizer"].state_dict()["state"], "optimizer")
-            + integrity.float_tensors(state["ema"].shadow_params, "ema"))  # named in this order
+    """Before any save: weights, optimizer state and EMA must be finite (FloatingPointError otherwise).
+    Costs about a torch.save of the same tensors (bench/reliability_overhead.py), so it runs per save;
+    every step gets the free check of the gradient norm (check_grad_norm)."""
+    model = distributed.unwrap(state["model"])
+    live = [(f"model/{n}", t) for n, t in list(model.named_parameters()) + list(model.named_buffers())
+            if t.is_floating_point()]
+    live += [(f"optimizer/state/{i}/{k}", v) for i, s in enumerate(state["optimizer"].state.values())
+             for k, v in s.items() if torch.is_tensor(v) and v.is_floating_point()]
+    live += [(f"ema/shadow_params[{i}]", t) for i, t in enumerate(state["ema"].shadow_params)]
     checkpoint.require_finite(live, state["step"], last_good)
+
+
+def check_grad_norm(stats: Dict[str, float], step: int, last_good: Optional[str]) -> None:
+    """A non-finite gradient norm means the update just applied was non-finite: stop before any save."""
+    if not math.isfinite(stats["grad_norm"]):
+        raise FloatingPointError(f"non-finite gradient norm ({stats['grad_norm']}) at step {step}; nothing was "
+                                 f"saved - the last good checkpoint is {last_good or '(none yet)'}; lower "
+                                 f"optim.lr or set optim.grad_clip and resume")
 
 
 def resume(state: Dict[str, Any], workdir: str, info: distributed.DistInfo, fields: Optional[Dict[str, Any]] = None,
@@ -312,7 +327,7 @@ def _train(config: Any, workdir: str, s: TrainSettings, info: distributed.DistIn
             distributed.seed_step(s.seed, state["step"], info)  # loss noise and dropout of this step/rank
             stats = train_step(state, batch)
             step = state["step"]
-            require_finite(state, last_good)
+            check_grad_norm(stats, step, last_good)  # free; the full finite check runs before each save
             logger.advance(stats["loss"])
             if step % s.log_freq == 0:
                 stats["loss"] = float(distributed.all_reduce_sum(torch.tensor(stats["loss"], device=info.device),

@@ -169,8 +169,10 @@ def test_sigint_finishes_the_step_saves_and_raises_preempted(tmp_path, monkeypat
 
 
 # ------------------------------------------------------------------------------------- 3. non-finite
-@pytest.mark.parametrize("target", ["model", "optimizer"])
-def test_nonfinite_state_after_an_update_is_never_saved(tmp_path, monkeypatch, target):
+@pytest.mark.parametrize("target,named", [("gradient", r"non-finite gradient norm \(inf\) at step 4"),
+                                          ("model", r"non-finite values in model/\S+ after step 4"),
+                                          ("optimizer", r"non-finite values in optimizer/\S+exp_avg_sq after step 4")])
+def test_nonfinite_state_after_an_update_is_never_saved(tmp_path, monkeypatch, target, named):
     config = tiny(n_iters=8)
     config.training.snapshot_freq_for_preemption = 2
     real = losses.optimization_manager
@@ -178,25 +180,26 @@ def test_nonfinite_state_after_an_update_is_never_saved(tmp_path, monkeypatch, t
     def poisoning(optim_config):
         step_fn = real(optim_config)
 
-        def fn(optimizer, params, step):
+        def fn(optimizer, params, step):  # step 3 -> 4; the loss of that step is finite
             params = list(params)
+            if step == 3 and target == "gradient":
+                params[0].grad[0, 0] = float("inf")
             norm = step_fn(optimizer, params, step)
-            if step == 4:  # the loss of this step was finite: only the update goes bad
-                with torch.no_grad():
-                    if target == "model":
-                        params[0][0, 0] = float("nan")
-                    else:
-                        optimizer.state[params[1]]["exp_avg_sq"][0] = float("inf")
+            with torch.no_grad():
+                if step == 3 and target == "model":
+                    params[0][0, 0] = float("nan")
+                if step == 3 and target == "optimizer":  # an overflowing second moment; weights stay finite
+                    optimizer.state[params[1]]["exp_avg_sq"][0] = float("inf")
             return norm
         return fn
 
     monkeypatch.setattr(losses, "optimization_manager", poisoning)
     meta = checkpoint.meta_checkpoint_path(str(tmp_path))
-    with pytest.raises(FloatingPointError, match=rf"non-finite values in {target}\S* after step 5; nothing was "
-                                                 rf"saved - the last good checkpoint is {meta}"):
+    with pytest.raises(FloatingPointError, match=rf"{named}; nothing was saved - the last good checkpoint is "
+                                                 rf"{meta}; lower optim.lr"):
         training.train(config, str(tmp_path))
     saved = checkpoint.load_checkpoint(meta)
-    assert saved["step"] == 4
+    assert saved["step"] == 2
     assert not integrity.first_nonfinite(integrity.float_tensors({k: saved[k] for k in ("model", "ema", "optimizer")}))
 
 
