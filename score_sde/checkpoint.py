@@ -92,6 +92,14 @@ def require_finite(named: List[Tuple[str, torch.Tensor]], step: int, last_good: 
             f"checkpoint is {last_good or '(none yet)'}; lower optim.lr or set optim.grad_clip and resume")
 
 
+def require_finite_weights(path: str, model: torch.nn.Module) -> None:
+    """ValueError when the weights loaded from ``path`` (EMA ones for evaluation) hold inf/NaN."""
+    bad = integrity.first_nonfinite([(n, t) for n, t in model.state_dict().items() if t.is_floating_point()])
+    if bad is not None:
+        raise ValueError(f"checkpoint {path} holds non-finite weights ({bad}); it cannot be evaluated - use an "
+                         f"earlier checkpoint (eval.begin_ckpt / eval.end_ckpt)")
+
+
 def remove_stale_tmp(folder: str) -> List[str]:
     """Delete the ``.<name>.<random>.tmp`` files that killed atomic writes left under ``folder``
     (recursively). Call it only while holding the folder's lock (score_sde.workdir_lock)."""

@@ -122,6 +122,7 @@ def load_ema_weights(ctx: _Context, path: str, allow_fingerprint_mismatch: bool 
     builders.load_state(ctx.state, ckpt, path)
     if "ema" in ckpt:
         ctx.state["ema"].copy_to(ctx.model.parameters())
+    checkpoint.require_finite_weights(path, ctx.model)  # no "nan" metrics with exit status 0
     _reset_ema(ctx.state)
     return int(ckpt["step"])
 

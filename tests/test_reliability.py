@@ -383,3 +383,16 @@ def test_describe_names_path_and_fix_and_leaves_bugs_alone():
     assert code == 1 and line == ("error: No space left on device at /w/x.pth: the disk is full; free space or "
                                   "point --workdir at a larger disk, then rerun to resume")
     assert cli_errors.describe(ZeroDivisionError("bug")) is None
+
+
+def test_eval_folder_is_locked_and_nan_weights_are_not_evaluated(tmp_path):
+    config, path = _trained(tmp_path)
+    with workdir_lock.hold(str(tmp_path / "eval")):
+        with pytest.raises(workdir_lock.LockedError, match=rf"eval is in use by pid {os.getpid()}"):
+            evaluation.sample(config, str(tmp_path))
+    ckpt = checkpoint.load_checkpoint(path)
+    ckpt["ema"]["shadow_params"][0][0] = float("nan")
+    checkpoint.save_checkpoint(path, {k: v for k, v in ckpt.items() if k not in ("checksum", "format_version")},
+                               training.fingerprint_fields(config))
+    with pytest.raises(ValueError, match=rf"{path} holds non-finite weights \(\S+\); it cannot be evaluated"):
+        evaluation.load_ema_weights(evaluation._context(config), path)
