@@ -53,7 +53,7 @@ def describe(e: BaseException) -> Optional[Tuple[str, int]]:
     if isinstance(e, LockedError):
         return f"error: {e}", 1
     if isinstance(e, KeyboardInterrupt):
-        return "interrupted (a second Ctrl-C stops without saving; the last checkpoint is kept)", 130
+        return "interrupted before a checkpoint could be saved; the checkpoints on disk are intact - rerun to resume", 130
     pil = _pil_error(e)
     if pil:
         return f"error: {pil}", 1

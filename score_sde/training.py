@@ -349,7 +349,7 @@ def _train(config: Any, workdir: str, s: TrainSettings, info: distributed.DistIn
                     if logger_image is not None:
                         logger.image(step, logger_image)
                     distributed.barrier(info)
-            if stop.requested(info):
+            if step < s.n_iters and stop.requested(info):  # (a stop at the last step just finishes)
                 if not saved_meta:
                     save(state, config, checkpoint.meta_checkpoint_path(workdir), info, last_good)
                 raise preemption.Preempted(stop.signum, step, checkpoint.meta_checkpoint_path(workdir))
