@@ -24,6 +24,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from absl import app, flags
 from ml_collections import config_flags
 
+from score_sde import cli_errors
+
 def split_overrides(argv: List[str]) -> Tuple[List[str], Dict[str, str]]:
     """Take out the overrides the spec applies: spec fields, sampler options and `=None` resets.
 
@@ -96,6 +98,8 @@ def main(argv) -> None:
         run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.eval_folder, SPEC_OVERRIDES, FLAGS.progress)
     except USER_ERRORS as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        if isinstance(e, OSError) and e.errno is not None:  # raw OS error: name the path and the fix
+            message = cli_errors.describe_os_error(e)
         print(f"error: {message}", file=sys.stderr)
         sys.exit(1)
     except AttributeError as e:
@@ -104,6 +108,12 @@ def main(argv) -> None:
         print(f"error: the config lacks field {_field_name(e)}; start from a file in configs/ "
               f"(configs/default_*_configs.py lists every field)", file=sys.stderr)
         sys.exit(1)
+    except BaseException as e:  # disk full, read-only, held workdir, preemption, ...: one line; bugs re-raise
+        report = cli_errors.describe(e)
+        if report is None:
+            raise
+        print(report[0], file=sys.stderr)
+        sys.exit(report[1])
 
 
 def _from_config_dict(e: BaseException) -> bool:
@@ -143,6 +153,19 @@ def parse_flags(argv):
         print(f"error: --config: {' '.join(dict.fromkeys(lines[:1] + lines[-1:])) if lines else type(e).__name__}",
               file=sys.stderr)
         sys.exit(2)
+    except Exception as e:  # raised by the code inside the config file
+        print(cli_errors.describe_config_error(e, _config_path(argv)), file=sys.stderr)
+        sys.exit(2)
+
+
+def _config_path(argv) -> str:
+    """The --config file named on the command line (for error messages)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return ""
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ setup(
     py_modules=["run_lib", "main"],
     python_requires=">=3.9",
     install_requires=[
-        "torch>=2.1",
+        "torch>=2.10",  # weights_only loads before 2.10: CVE-2026-24747 (docs/reliability.md)
         "numpy",
         "scipy",
         "torchdiffeq>=0.2.3",

@@ -15,8 +15,11 @@ def atomic_write(path: str, mode: str = "wb") -> Iterator[IO]:
     hidden `.tmp` file behind, never a truncated `path`.
     """
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise _naming(e, path) from None
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -24,11 +27,18 @@ def atomic_write(path: str, mode: str = "wb") -> Iterator[IO]:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno is not None and e.filename in (None, tmp):
+            raise _naming(e, path) from None  # e.g. ENOSPC from write(): say which file failed
         raise
     _fsync_dir(folder)
+
+
+def _naming(e: OSError, path: str) -> OSError:
+    """The same OS error (same errno, so the same subclass) naming the file being written."""
+    return OSError(e.errno, e.strerror, path)
 
 
 def _fsync_dir(folder: str) -> None:

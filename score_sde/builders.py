@@ -86,14 +86,16 @@ def state_dict_for_checkpoint(state: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def load_state(state: Dict[str, Any], ckpt: Dict[str, Any]) -> Dict[str, Any]:
+def load_state(state: Dict[str, Any], ckpt: Dict[str, Any], path: str = "the checkpoint") -> Dict[str, Any]:
     """Load a checkpoint dict into `state` in place (model, then EMA/optimizer when both sides have them)."""
     model = unwrap(state["model"])
     try:
         model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise ValueError(f"checkpoint does not fit this model config ({first}); use the config it was "
+    except RuntimeError as e:  # torch lists every mismatch under a header line; name the first one
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        first = next((ln for ln in lines if ln.startswith(("size mismatch", "Missing key", "Unexpected key"))),
+                     lines[0] if lines else "")
+        raise ValueError(f"{path} does not fit this model config ({first[:300]}); use the config it was "
                          "trained with") from None
     if state.get("ema") is not None and "ema" in ckpt:
         state["ema"].load_state_dict(ckpt["ema"])

@@ -14,6 +14,7 @@ import math
 import os
 import pickle
 import tarfile
+import zlib
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -124,6 +125,9 @@ def load_image_levels(path: str, image_size: int, mode: str) -> torch.Tensor:
     try:
         with Image.open(path) as img:
             img = img.convert(mode)
+    except Image.DecompressionBombError as e:  # Pillow's guard against huge pixel counts
+        raise ValueError(f"image {path} is over Pillow's decompression-bomb limit ({str(e).splitlines()[0]}); "
+                         f"remove or shrink it") from None
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"cannot read image {path} ({e}); remove or repair the file") from None
     w, h = img.size
@@ -297,10 +301,12 @@ def load_cifar10_levels(root: str) -> Tuple[torch.Tensor, torch.Tensor]:
                         raise FileNotFoundError(f"CIFAR-10 archive {src} lacks {prefix}/{n}; expected "
                                                 f"{prefix}/{{{', '.join(names)}}}")
                     raws[n] = member.read()
-        except (tarfile.TarError, EOFError, OSError) as e:
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
             if isinstance(e, FileNotFoundError):
                 raise
-            raise ValueError(f"CIFAR-10 archive {src} is not a readable tar.gz ({e}); re-download "
+            lines = str(e).splitlines() or [type(e).__name__]  # tarfile lists one line per method tried
+            detail = next((ln.strip("- ") for ln in lines if ln.startswith("- method gz:")), lines[0])
+            raise ValueError(f"CIFAR-10 archive {src} is not a readable tar.gz ({detail}); re-download "
                              f"{CIFAR_ARCHIVE}") from None
     train = torch.cat([_parse_cifar_batch(raws[n], f"{src}:{n}") for n in CIFAR_TRAIN])
     test = torch.cat([_parse_cifar_batch(raws[n], f"{src}:{n}") for n in CIFAR_TEST])

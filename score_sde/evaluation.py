@@ -23,7 +23,7 @@ import torch
 
 from tqdm.auto import tqdm
 
-from . import builders, checkpoint, datasets, distributed, images, inception, likelihood, losses, metrics, report
+from . import builders, checkpoint, datasets, distributed, images, inception, likelihood, losses, metrics, report, workdir_lock
 from . import training
 from .models import compat
 from .models.ema import ExponentialMovingAverage
@@ -93,12 +93,16 @@ def _reset_ema(state: Dict[str, Any]) -> None:
     state["ema"] = ExponentialMovingAverage(state["model"].parameters(), decay)
 
 
-def load_ema_weights(ctx: _Context, path: str) -> int:
-    """Load our checkpoint (weights-only) and put its EMA weights into the model; returns its step."""
-    ckpt = checkpoint.load_checkpoint(path, map_location="cpu")
-    builders.load_state(ctx.state, ckpt)
+def load_ema_weights(ctx: _Context, path: str, allow_fingerprint_mismatch: bool = False) -> int:
+    """Load our checkpoint (weights-only, checksum and config fingerprint checked) and put its EMA
+    weights into the model; returns its step."""
+    from .training import fingerprint_fields
+    ckpt = checkpoint.load_checkpoint(path, map_location="cpu", fingerprint_fields=fingerprint_fields(ctx.config),
+                                      allow_fingerprint_mismatch=allow_fingerprint_mismatch)
+    builders.load_state(ctx.state, ckpt, path)
     if "ema" in ckpt:
         ctx.state["ema"].copy_to(ctx.model.parameters())
+    checkpoint.require_finite_weights(path, ctx.model)  # no "nan" metrics with exit status 0
     _reset_ema(ctx.state)
     return int(ckpt["step"])
 
@@ -393,21 +397,24 @@ def _checks(spec: Spec) -> None:
         check_inception_path(spec)
 
 
-def evaluate(config: Any, workdir: str, eval_folder: str = "eval") -> None:
+def evaluate(config: Any, workdir: str, eval_folder: str = "eval", allow_fingerprint_mismatch: bool = False) -> None:
     """Evaluate the newest checkpoint, or every checkpoint with step in [eval.begin_ckpt, eval.end_ckpt]
-    when a range is set, or eval.import_ckpt."""
+    when a range is set, or eval.import_ckpt. Holds the eval folder's lock (score_sde.workdir_lock)."""
     spec = as_spec(config)
     _checks(spec)
     ctx = _context(spec)
     try:
-        _evaluate(ctx, workdir, eval_folder)
+        with workdir_lock.hold_on_main(os.path.join(workdir, eval_folder), ctx.info):
+            _evaluate(ctx, workdir, eval_folder, allow_fingerprint_mismatch)
         distributed.barrier(ctx.info)  # no rank tears the group down while another still uses it
     finally:
         distributed.cleanup()
 
 
-def _evaluate(ctx: _Context, workdir: str, eval_folder: str) -> None:
+def _evaluate(ctx: _Context, workdir: str, eval_folder: str, allow_fingerprint_mismatch: bool = False) -> None:
     config, root = ctx.config, os.path.join(workdir, eval_folder)
+    if ctx.info.is_main:
+        checkpoint.remove_stale_tmp(root)
     imported = config.eval.import_ckpt
     if imported:
         step = load_imported(ctx, str(imported))
@@ -417,27 +424,30 @@ def _evaluate(ctx: _Context, workdir: str, eval_folder: str) -> None:
     chosen = checkpoints_in_range(workdir, config.eval.steps_range)
     for step, path in tqdm(chosen, desc="checkpoints", dynamic_ncols=True) if _bar(ctx, "c") and len(chosen) > 1 \
             else chosen:
-        loaded = load_ema_weights(ctx, path)
+        loaded = load_ema_weights(ctx, path, allow_fingerprint_mismatch)
         evaluate_checkpoint(ctx, os.path.join(root, f"ckpt_{loaded}"), loaded, path)
 
 
-def sample(config: Any, workdir: str, eval_folder: str = "eval") -> str:
+def sample(config: Any, workdir: str, eval_folder: str = "eval", allow_fingerprint_mismatch: bool = False) -> str:
     """eval.num_samples samples from the newest checkpoint (or eval.import_ckpt) with the configured
     sampler: `<workdir>/<eval_folder>/sample_<step>/<method>_<tag>/` (samples.npz, samples.png, report.json)."""
     ctx = _context(as_spec(config))
     try:
-        out = _sample(ctx, workdir, eval_folder)
+        with workdir_lock.hold_on_main(os.path.join(workdir, eval_folder), ctx.info):
+            out = _sample(ctx, workdir, eval_folder, allow_fingerprint_mismatch)
         distributed.barrier(ctx.info)
         return out
     finally:
         distributed.cleanup()
 
 
-def _sample(ctx: _Context, workdir: str, eval_folder: str) -> str:
+def _sample(ctx: _Context, workdir: str, eval_folder: str, allow_fingerprint_mismatch: bool = False) -> str:
+    if ctx.info.is_main:
+        checkpoint.remove_stale_tmp(os.path.join(workdir, eval_folder))
     imported = ctx.config.eval.import_ckpt
     path = str(imported) if imported else checkpoint.latest_checkpoint(workdir)
     if path is None:
         raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints; train first (--mode train) or set "
                                 f"eval.import_ckpt")
-    step = load_imported(ctx, path) if imported else load_ema_weights(ctx, path)
+    step = load_imported(ctx, path) if imported else load_ema_weights(ctx, path, allow_fingerprint_mismatch)
     return sampling_job(ctx, os.path.join(workdir, eval_folder, f"sample_{step}"), step, path, with_metrics=False)

@@ -14,7 +14,9 @@ restarted with another K continues the same data stream (its noise draws are tho
 """
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import random
 from typing import Any, Dict, Iterator, Optional
@@ -24,7 +26,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from . import builders, checkpoint, datasets, distributed, images, losses, sampling
+from . import builders, checkpoint, datasets, distributed, images, integrity, losses, preemption, sampling
+from . import workdir_lock
+from .atomic import atomic_write
 from .pipeline.spec import Spec, TrainingSpec, as_spec
 
 log = logging.getLogger(__name__)
@@ -67,28 +71,62 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def save(state: Dict[str, Any], spec: Spec, path: str, info: distributed.DistInfo) -> None:
-    """Checkpoint (model, EMA, optimizer, step, rank 0's RNG, config) written atomically by rank 0.
+def fingerprint_fields(spec: Spec) -> Dict[str, Any]:
+    """The model/SDE-defining fields of the spec (integrity.FINGERPRINT_FIELDS)."""
+    return integrity.fingerprint_fields(json.loads(spec.to_json()))
+
+
+def save(state: Dict[str, Any], spec: Spec, path: str, info: distributed.DistInfo,
+         last_good: Optional[str] = None) -> str:
+    """Checkpoint (model, EMA, optimizer, step, rank 0's RNG, spec, fingerprint) written atomically by
+    rank 0; refused on every rank if anything in it is non-finite (the error names `last_good`).
+    Returns `path`.
 
     The weights are the plain module's (distributed.unwrap: no DDP/compile prefixes) in fp32 (autocast
     never changes parameter dtypes). The RNG is informational: training draws are keyed by step."""
+    require_finite(state, last_good)  # every rank (same state): none is left waiting at the barrier
     if info.is_main:
         ckpt = builders.state_dict_for_checkpoint(state)
         ckpt.update(rng=checkpoint.capture_rng_state(), config=spec.to_json())
-        checkpoint.save_checkpoint(path, ckpt)
+        checkpoint.save_checkpoint(path, ckpt, fingerprint_fields(spec), last_good)
     distributed.barrier(info)
+    return path
 
 
-def resume(state: Dict[str, Any], workdir: str, info: distributed.DistInfo) -> Optional[str]:
+def require_finite(state: Dict[str, Any], last_good: Optional[str]) -> None:
+    """Before any save: weights, optimizer state and EMA must be finite (FloatingPointError otherwise).
+    Costs about a torch.save of the same tensors (bench/reliability_overhead.py), so it runs per save;
+    every step gets the free check of the gradient norm (check_grad_norm)."""
+    model = distributed.unwrap(state["model"])
+    live = [(f"model/{n}", t) for n, t in list(model.named_parameters()) + list(model.named_buffers())
+            if t.is_floating_point()]
+    live += [(f"optimizer/state/{i}/{k}", v) for i, s in enumerate(state["optimizer"].state.values())
+             for k, v in s.items() if torch.is_tensor(v) and v.is_floating_point()]
+    live += [(f"ema/shadow_params[{i}]", t) for i, t in enumerate(state["ema"].shadow_params)]
+    checkpoint.require_finite(live, state["step"], last_good)
+
+
+def check_grad_norm(stats: Dict[str, float], step: int, last_good: Optional[str]) -> None:
+    """A non-finite gradient norm means the update just applied was non-finite: stop before any save."""
+    if not math.isfinite(stats["grad_norm"]):
+        raise FloatingPointError(f"non-finite gradient norm ({stats['grad_norm']}) at step {step}; nothing was "
+                                 f"saved - the last good checkpoint is {last_good or '(none yet)'}; lower "
+                                 f"optim.lr or set optim.grad_clip and resume")
+
+
+def resume(state: Dict[str, Any], workdir: str, info: distributed.DistInfo, fields: Optional[Dict[str, Any]] = None,
+           allow_fingerprint_mismatch: bool = False) -> Optional[str]:
     """Load the newest checkpoint (numbered or preemption) into state; its path or None.
 
     Works for any number of processes: the weights, EMA, optimizer and step are global, and every
-    random draw after step s is keyed by (seed, s, rank), so nothing per-rank is restored."""
+    random draw after step s is keyed by (seed, s, rank), so nothing per-rank is restored. A checkpoint
+    whose fingerprint differs from `fields` is refused unless `allow_fingerprint_mismatch`."""
     path = checkpoint.latest_checkpoint(workdir)
     if path is None:
         return None
-    ckpt = checkpoint.load_checkpoint(path, map_location=info.device)
-    builders.load_state(state, ckpt)
+    ckpt = checkpoint.load_checkpoint(path, map_location=info.device, fingerprint_fields=fields,
+                                      allow_fingerprint_mismatch=allow_fingerprint_mismatch)
+    builders.load_state(state, ckpt, path)
     return path
 
 
@@ -151,7 +189,8 @@ def snapshot_samples(spec: Spec, sde, state: Dict[str, Any], workdir: str, step:
     x = datasets.get_data_inverse_scaler(spec)(x).float().cpu()
     folder = os.path.join(workdir, "samples", f"iter_{step}")
     os.makedirs(folder, exist_ok=True)
-    np.savez_compressed(os.path.join(folder, "samples.npz"), samples=x.numpy())
+    with atomic_write(os.path.join(folder, "samples.npz"), "wb") as f:  # never a truncated file
+        np.savez_compressed(f, samples=x.numpy())
     if len(shape) == 1:
         path = images.scatter_png(x[:, :2], os.path.join(folder, "samples.png"))
         from PIL import Image
@@ -184,24 +223,31 @@ def build_sampler(spec: Spec, sde, shape, device=None, dtype: torch.dtype = torc
                                 **{k: v for k, v in runtime.items() if k in accepted})
 
 
-def train(config: Any, workdir: str, progress: bool = True) -> Dict[str, Any]:
-    """Train the spec's model in workdir, resuming from the newest checkpoint there; returns the final state."""
+def train(config: Any, workdir: str, progress: bool = True, allow_fingerprint_mismatch: bool = False) -> Dict[str, Any]:
+    """Train the spec's model in workdir, resuming from the newest checkpoint there; returns the final state.
+
+    Holds the workdir's lock (score_sde.workdir_lock) throughout; SIGTERM/SIGINT end the current step,
+    save the preemption checkpoint and raise preemption.Preempted (docs/reliability.md)."""
     spec = as_spec(config)
     read_settings(spec)
     info = distributed.setup(spec.device)
     try:
-        state = _train(spec, workdir, spec.training, info, progress)
+        if info.is_main:
+            prepare_workdir(workdir)
+        with workdir_lock.hold_on_main(workdir, info), preemption.StopOnSignal() as stop:
+            state = _train(spec, workdir, spec.training, info, stop, progress, allow_fingerprint_mismatch)
         distributed.barrier(info)  # no rank tears the group down while another still uses it
         return state
     finally:
         distributed.cleanup()
 
 
-def _train(spec: Spec, workdir: str, s: TrainingSpec, info: distributed.DistInfo,
-           progress: bool = True) -> Dict[str, Any]:
+def _train(spec: Spec, workdir: str, s: TrainingSpec, info: distributed.DistInfo, stop: preemption.StopOnSignal,
+           progress: bool = True, allow_fingerprint_mismatch: bool = False) -> Dict[str, Any]:
     local_batch = distributed.local_batch_size(s.batch_size, info)
-    if info.is_main:
-        prepare_workdir(workdir)
+    if info.is_main:  # under the lock: no other writer can own these temp files
+        for sub in ("checkpoints", "checkpoints-meta", "samples"):
+            checkpoint.remove_stale_tmp(os.path.join(workdir, sub))
     distributed.barrier(info)
     train_ds, eval_ds = datasets.get_dataset(spec)
     scaler = datasets.get_data_scaler(spec)
@@ -211,7 +257,7 @@ def _train(spec: Spec, workdir: str, s: TrainingSpec, info: distributed.DistInfo
     seed_everything(seed)  # identical initial weights on every rank
     state = builders.create_state(spec, info.device)
     seed_everything(distributed.rank_seed(seed, info.rank))
-    resumed = resume(state, workdir, info)
+    resumed = last_good = resume(state, workdir, info, fingerprint_fields(spec), allow_fingerprint_mismatch)
     if resumed and info.is_main:
         log.info("resuming from %s (step %d)", resumed, state["step"])
     start = state["step"]
@@ -236,6 +282,7 @@ def _train(spec: Spec, workdir: str, s: TrainingSpec, info: distributed.DistInfo
             distributed.seed_step(seed, state["step"], info)  # loss noise and dropout of this step/rank
             stats = train_step(state, batch)
             step = state["step"]
+            check_grad_norm(stats, step, last_good)  # free; the full finite check runs before each save
             logger.advance(stats["loss"])
             if step % s.log_freq == 0:
                 stats["loss"] = float(distributed.all_reduce_sum(torch.tensor(stats["loss"], device=info.device),
@@ -246,16 +293,21 @@ def _train(spec: Spec, workdir: str, s: TrainingSpec, info: distributed.DistInfo
                     torch.manual_seed(distributed.rank_seed(seed * 31 + step, info.rank))
                     eb = scaler(eval_batch(eval_ds, local_batch, seed + info.rank, step).to(info.device))
                     logger.scalars(step, eval_step(state, eb), "eval/")
-            if step % s.snapshot_freq_for_preemption == 0:
-                save(state, spec, checkpoint.meta_checkpoint_path(workdir), info)
+            saved_meta = step % s.snapshot_freq_for_preemption == 0
+            if saved_meta:
+                last_good = save(state, spec, checkpoint.meta_checkpoint_path(workdir), info, last_good)
             if step % s.snapshot_freq == 0 or step == s.n_iters:
-                save(state, spec, checkpoint.checkpoint_path(workdir, step), info)
+                last_good = save(state, spec, checkpoint.checkpoint_path(workdir, step), info, last_good)
                 if s.snapshot_sampling:
                     with torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda" else []):
                         logger_image = snapshot_samples(spec, sde, state, workdir, step, info)
                     if logger_image is not None:
                         logger.image(step, logger_image)
                     distributed.barrier(info)
+            if step < s.n_iters and stop.requested(info):  # (a stop at the last step just finishes)
+                if not saved_meta:
+                    save(state, spec, checkpoint.meta_checkpoint_path(workdir), info, last_good)
+                raise preemption.Preempted(stop.signum, step, checkpoint.meta_checkpoint_path(workdir))
     finally:
         logger.close()
     state["model"] = distributed.unwrap(state["model"])

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import pickle
 import sys
 from collections import OrderedDict
 from pathlib import Path
@@ -155,13 +154,8 @@ def key_mapping(source_shapes: "Mapping[str, Any]", model: nn.Module) -> "Ordere
 def _load_source(path_or_dict: Union[str, os.PathLike, Mapping[str, Any]]) -> Mapping[str, Any]:
     if isinstance(path_or_dict, Mapping):
         return path_or_dict
-    path = Path(path_or_dict)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:  # corrupt, or needs pickled code
-        raise ValueError(f"cannot read {path} as a weights-only torch checkpoint: {err}") from None
+    from ..checkpoint import safe_torch_load  # one-line errors, without torch's weights_only=False advice
+    return safe_torch_load(str(path_or_dict), map_location="cpu")
 
 
 def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
