@@ -71,9 +71,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def fingerprint_fields(spec: Spec) -> Dict[str, Any]:
-    """The model/SDE-defining fields of the spec (integrity.FINGERPRINT_FIELDS)."""
-    return integrity.fingerprint_fields(json.loads(spec.to_json()))
+def fingerprint_fields(config: Any) -> Dict[str, Any]:
+    """The model/SDE-defining fields of a spec or config (integrity.FINGERPRINT_FIELDS)."""
+    return integrity.fingerprint_fields(json.loads(as_spec(config).to_json()))
 
 
 def save(state: Dict[str, Any], spec: Spec, path: str, info: distributed.DistInfo,

@@ -20,6 +20,7 @@ import zipfile
 import pytest
 import torch
 
+from score_sde.pipeline.spec import as_spec
 from score_sde import (checkpoint, cli_errors, datasets, distributed, evaluation, integrity, losses, preemption,
                        training, workdir_lock)
 
@@ -234,13 +235,13 @@ def test_resume_or_evaluate_under_another_sde_is_refused_unless_allowed(tmp_path
     with pytest.raises(ValueError, match=r"another model/SDE config \(.*training.sde: 'vpsde' \(checkpoint\) vs "
                                          r"'vesde' \(config\).*allow_fingerprint_mismatch"):
         training.train(ve, str(tmp_path))
-    ctx = evaluation._context(ve)
+    ctx = evaluation._context(as_spec(ve))
     with pytest.raises(ValueError, match="another model/SDE config"):
         evaluation.load_ema_weights(ctx, path)
     with caplog.at_level(logging.WARNING, logger="score_sde.checkpoint"):
         assert evaluation.load_ema_weights(ctx, path, allow_fingerprint_mismatch=True) == 2
     assert "loading it anyway" in caplog.text
-    assert evaluation.load_ema_weights(evaluation._context(vp), path) == 2  # the right config loads
+    assert evaluation.load_ema_weights(evaluation._context(as_spec(vp)), path) == 2  # the right config loads
 
 
 def _flip_tensor_byte(path: str) -> None:
@@ -308,7 +309,7 @@ def test_shape_mismatch_names_the_key_and_the_file(tmp_path):
     _, path = _trained(tmp_path)
     other = tiny(n_iters=4)
     other.model.hidden_dims = (16, 32)
-    ctx = evaluation._context(other)
+    ctx = evaluation._context(as_spec(other))
     with pytest.raises(ValueError, match=rf"{path} does not fit .*size mismatch for \S+"):
         evaluation.load_ema_weights(ctx, path, allow_fingerprint_mismatch=True)
 
@@ -395,4 +396,4 @@ def test_eval_folder_is_locked_and_nan_weights_are_not_evaluated(tmp_path):
     checkpoint.save_checkpoint(path, {k: v for k, v in ckpt.items() if k not in ("checksum", "format_version")},
                                training.fingerprint_fields(config))
     with pytest.raises(ValueError, match=rf"{path} holds non-finite weights \(\S+\); it cannot be evaluated"):
-        evaluation.load_ema_weights(evaluation._context(config), path)
+        evaluation.load_ema_weights(evaluation._context(as_spec(config)), path)
