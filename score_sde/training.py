@@ -169,6 +169,15 @@ class Logger:
             self.writer.close()
 
 
+def snapshot_missing(workdir: str, s: TrainingSpec, step: int) -> bool:
+    """True when a resumed run's step has a numbered checkpoint but its snapshot samples were never
+    written (killed while sampling): the weights are that checkpoint's, so they are drawn now."""
+    if not s.snapshot_sampling or step == 0 or (step % s.snapshot_freq and step != s.n_iters):
+        return False
+    done = os.path.isfile(os.path.join(workdir, "samples", f"iter_{step}", "samples.npz"))
+    return not done and os.path.isfile(checkpoint.checkpoint_path(workdir, step))
+
+
 def snapshot_samples(spec: Spec, sde, state: Dict[str, Any], workdir: str, step: int,
                      info: distributed.DistInfo) -> Optional[np.ndarray]:
     """Draw samples with the configured sampler and EMA weights; write samples/iter_<step>/ (rank 0).
@@ -280,6 +289,13 @@ def _train(spec: Spec, workdir: str, s: TrainingSpec, info: distributed.DistInfo
     batches = batch_iterator(train_ds, s.batch_size, seed, start, info)
     logger = Logger(workdir, info, start, s.n_iters, progress)
     try:
+        missing = snapshot_missing(workdir, s, start) if info.is_main else None  # rank 0's files decide
+        if distributed.broadcast_object(missing, info):  # a SIGKILL hit the snapshot sampling after its save
+            with torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda" else []):
+                image = snapshot_samples(spec, sde, state, workdir, start, info)
+            if image is not None:
+                logger.image(start, image)
+            distributed.barrier(info)
         while state["step"] < s.n_iters:
             batch, noise = next(batches)  # loss noise keyed per item: the same for any process count
             batch = distributed.to_memory_format(scaler(batch.to(info.device)), channels_last)

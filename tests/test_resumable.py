@@ -163,3 +163,23 @@ def test_allow_fingerprint_mismatch_reaches_train_eval_and_sample(tmp_path):
     ve.training.n_iters = 3
     main.run(ve, str(tmp_path), "train", "eval", progress=False, allow_fingerprint_mismatch=True)
     assert checkpoint.load_checkpoint(checkpoint.checkpoint_path(str(tmp_path), 3))["step"] == 3
+
+
+# ----------------------------------------------------------------------------- item 5: snapshot after SIGKILL
+def test_snapshot_samples_killed_after_their_checkpoint_are_drawn_on_resume(tmp_path, monkeypatch):
+    config = tiny(n_iters=2)
+    config.training.snapshot_sampling, config.training.snapshot_freq = True, 2
+    config.training.snapshot_freq_for_preemption = 100000
+    real = training.snapshot_samples
+
+    def killed(*args, **kwargs):
+        raise _Killed("SIGKILL while drawing snapshot samples")
+
+    monkeypatch.setattr(training, "snapshot_samples", killed)
+    with pytest.raises(_Killed):
+        training.train(config, str(tmp_path), progress=False)
+    npz = tmp_path / "samples" / "iter_2" / "samples.npz"
+    assert os.path.isfile(checkpoint.checkpoint_path(str(tmp_path), 2)) and not npz.exists()
+    monkeypatch.setattr(training, "snapshot_samples", real)
+    training.train(config, str(tmp_path), progress=False)  # resumes at step 2 = n_iters: only the snapshot
+    assert npz.exists()
