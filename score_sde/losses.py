@@ -278,8 +278,8 @@ def get_step_fn(sde: SDE, *, train: bool, optimize_fn: Optional[Callable] = None
 
     The objective: get_loss_fn's options, or with learned_variance the hybrid loss (discrete VP only).
     `state` holds model, ema, optimizer and step; `noise` = (u, z[, normal]) per item (training passes the
-    data stream's keyed draws) or None (drawn from torch's global generator). A non-finite loss raises FloatingPointError
-    before any parameter is touched, so the last good checkpoint stays valid.
+    data stream's keyed draws) or None (drawn from torch's global generator). A non-finite loss raises
+    FloatingPointError before any parameter is touched, so the last good checkpoint stays valid.
     """
     loss_fn = get_loss_fn(sde, kind=kind, reduce_mean=reduce_mean, likelihood_weighting=likelihood_weighting,
                           eps=eps, weighting=weighting, time_sampling=time_sampling, sigma_data=sigma_data,

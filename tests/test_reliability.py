@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from score_sde.pipeline.spec import as_spec
-from score_sde import (checkpoint, cli_errors, data_stream, datasets, distributed, evaluation, integrity, losses, preemption,
-                       training, workdir_lock)
+from score_sde import (checkpoint, cli_errors, data_stream, datasets, evaluation, integrity, losses,
+                       preemption, training, workdir_lock)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # configs/ is imported as a package, as main.py does
