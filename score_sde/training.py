@@ -14,6 +14,7 @@ batch up to float summation order (dropout 0; with dropout, in distribution).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -137,21 +138,34 @@ def resume(state: Dict[str, Any], workdir: str, info: distributed.DistInfo, fiel
 # Logging and snapshots
 # ----------------------------------------------------------------------------------------------
 class Logger:
-    """TensorBoard scalars/images and a tqdm bar on rank 0; silent elsewhere."""
+    """TensorBoard scalars/images and a tqdm bar on rank 0; silent elsewhere. An OSError of TensorBoard's
+    writer thread (disk full, ...) surfaces naming the tensorboard folder (main.py prints one line)."""
 
     def __init__(self, workdir: str, info: distributed.DistInfo, start: int, total: int, progress: bool = True):
         self.writer = self.bar = None
+        self.folder = os.path.join(workdir, "tensorboard")
         if info.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            with self._named():
+                self.writer = SummaryWriter(self.folder)
             if progress:
                 self.bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)
 
+    @contextlib.contextmanager
+    def _named(self):
+        try:
+            yield
+        except OSError as e:
+            if e.filename is not None:
+                raise
+            raise OSError(e.errno, e.strerror or str(e), self.folder) from None
+
     def scalars(self, step: int, values: Dict[str, float], prefix: str = "") -> None:
         if self.writer is not None:
-            for k, v in values.items():
-                self.writer.add_scalar(prefix + k, v, step)
+            with self._named():
+                for k, v in values.items():
+                    self.writer.add_scalar(prefix + k, v, step)
 
     def advance(self, loss: float) -> None:
         if self.bar is not None:
@@ -160,13 +174,16 @@ class Logger:
 
     def image(self, step: int, array: np.ndarray) -> None:
         if self.writer is not None:
-            self.writer.add_image("samples", array, step, dataformats="HWC")
+            with self._named():
+                self.writer.add_image("samples", array, step, dataformats="HWC")
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
         if self.writer is not None:
-            self.writer.close()
+            writer, self.writer = self.writer, None
+            with self._named():
+                writer.close()
 
 
 def snapshot_missing(workdir: str, s: TrainingSpec, step: int) -> bool:

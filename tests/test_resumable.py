@@ -183,3 +183,21 @@ def test_snapshot_samples_killed_after_their_checkpoint_are_drawn_on_resume(tmp_
     monkeypatch.setattr(training, "snapshot_samples", real)
     training.train(config, str(tmp_path), progress=False)  # resumes at step 2 = n_iters: only the snapshot
     assert npz.exists()
+
+
+def test_tensorboard_disk_full_names_the_folder(tmp_path, monkeypatch):
+    import errno
+
+    from score_sde import cli_errors, distributed
+
+    logger = training.Logger(str(tmp_path), distributed.DistInfo(0, 1, 0, torch.device("cpu")), 0, 1, False)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as TensorBoard's writer thread re-raises it
+
+    monkeypatch.setattr(logger.writer, "add_scalar", full)
+    with pytest.raises(OSError) as caught:
+        logger.scalars(1, {"loss": 1.0})
+    assert cli_errors.describe_os_error(caught.value).startswith(
+        f"No space left on device at {tmp_path / 'tensorboard'}: ")
+    logger.close()
