@@ -54,6 +54,8 @@ flags.DEFINE_string("workdir", None, "Folder for checkpoints, TensorBoard logs a
 flags.DEFINE_enum("mode", None, ["train", "eval", "sample"], "Running mode: train, eval or sample.")
 flags.DEFINE_string("eval_folder", "eval", "Sub-folder of workdir for evaluation results (eval/sample modes).")
 flags.DEFINE_bool("progress", True, "Rank-0 progress bars for training, sampling, bits/dim and evaluation loops.")
+flags.DEFINE_bool("allow_fingerprint_mismatch", False, "Resume/evaluate/sample a checkpoint written under a "
+                  "config whose model/SDE fields differ (docs/reliability.md); off: such a checkpoint is refused.")
 flags.DEFINE_integer("threads", None, "CPU threads for torch (default: min(cores, 4), see docs/configuration.md).")
 flags.mark_flags_as_required(["config", "workdir", "mode"])
 
@@ -73,19 +75,20 @@ def set_threads(threads: Optional[int]) -> None:
 
 
 def run(config, workdir: str, mode: str, eval_folder: str, overrides: Optional[Dict[str, str]] = None,
-        progress: bool = True) -> None:
+        progress: bool = True, allow_fingerprint_mismatch: bool = False) -> None:
     import run_lib
     from score_sde.pipeline.spec import Spec
 
     spec = Spec.from_config(config, overrides=overrides)
     if not progress:
         spec = spec.replace(eval={"progress": False})
+    allow = {"allow_fingerprint_mismatch": bool(allow_fingerprint_mismatch)}
     if mode == "train":
-        run_lib.train(spec, workdir, progress=progress)
+        run_lib.train(spec, workdir, progress=progress, **allow)
     elif mode == "eval":
-        run_lib.evaluate(spec, workdir, eval_folder)
+        run_lib.evaluate(spec, workdir, eval_folder, **allow)
     else:
-        run_lib.sample(spec, workdir, eval_folder)
+        run_lib.sample(spec, workdir, eval_folder, **allow)
 
 
 def main(argv) -> None:
@@ -95,7 +98,8 @@ def main(argv) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         set_threads(FLAGS.threads)
-        run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.eval_folder, SPEC_OVERRIDES, FLAGS.progress)
+        run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.eval_folder, SPEC_OVERRIDES, FLAGS.progress,
+            FLAGS.allow_fingerprint_mismatch)
     except USER_ERRORS as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         if isinstance(e, OSError) and e.errno is not None:  # raw OS error: name the path and the fix

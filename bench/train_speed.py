@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
-from score_sde import builders, distributed, losses  # noqa: E402
+from score_sde import builders, data_stream, distributed, losses  # noqa: E402
 
 DIGITS = ["configs/vp/digits_ddpmpp_continuous.py", "configs/subvp/digits_ddpmpp_continuous.py",
           "configs/ve/digits_ncsnpp_continuous.py", "configs/vp/ddpm/digits.py", "configs/ve/ncsn/digits.py"]
@@ -99,7 +99,7 @@ def _ddp_worker(rank, world, port, path, global_batch, warmup, steps, budget, th
     torch.set_num_threads(threads)
     info = distributed.setup("cpu")
     try:
-        local = distributed.local_batch_size(global_batch, info)
+        local = data_stream.local_batch_size(global_batch, info)
         run = step_timer(load_config(path), info.device, local, "fp32", False, False, info)
         wall, cpu = measure(run, warmup, steps, budget)
         times = distributed.all_gather_cat(torch.tensor([[wall, cpu]], dtype=torch.float64), info)

@@ -185,6 +185,21 @@ def load_checkpoint(path: str, map_location: Any = "cpu", fingerprint_fields: Op
     return state
 
 
+def content_id(path: str, state: Optional[Mapping[str, Any]] = None) -> str:
+    """What identifies a checkpoint's contents (issue 10 item 4: eval's "already done" cache is keyed on
+    it): its stored checksum, or for files without one (older format, imported originals) the SHA-256 of
+    the file's bytes."""
+    if state is not None and isinstance(state.get("checksum"), str):
+        return state["checksum"]
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "file-sha256:" + h.hexdigest()
+
+
 def _verify(path: str, state: Dict[str, Any]) -> None:
     version = state.get("format_version")
     if version is None:

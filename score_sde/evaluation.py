@@ -24,11 +24,12 @@ import torch
 from tqdm.auto import tqdm
 
 from . import builders, checkpoint, datasets, distributed, images, inception, likelihood, losses, metrics, report, workdir_lock
-from . import training
+from . import shards, training
 from .models import compat
 from .models.ema import ExponentialMovingAverage
 from .pipeline import spec as spec_lib
 from .pipeline.spec import Spec, as_spec
+from .data_stream import keyed_seed
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class _Context:
     shape: Tuple[int, ...]           # one item, no batch dimension
     seed: int
     data: Dict[Tuple[str, bool], Any] = field(default_factory=dict)   # splits built once per run
+    checkpoint_id: str = ""          # checkpoint.content_id of the loaded weights (keys the done-cache)
 
     def split(self, name: str, dequantize: bool = False):
         """The data split `name` ('train' or 'test'), built on first use and kept for every checkpoint."""
@@ -100,6 +102,7 @@ def load_ema_weights(ctx: _Context, path: str, allow_fingerprint_mismatch: bool 
     ckpt = checkpoint.load_checkpoint(path, map_location="cpu", fingerprint_fields=fingerprint_fields(ctx.config),
                                       allow_fingerprint_mismatch=allow_fingerprint_mismatch)
     builders.load_state(ctx.state, ckpt, path)
+    ctx.checkpoint_id = checkpoint.content_id(path, ckpt)
     if "ema" in ckpt:
         ctx.state["ema"].copy_to(ctx.model.parameters())
     checkpoint.require_finite_weights(path, ctx.model)  # no "nan" metrics with exit status 0
@@ -113,6 +116,7 @@ def load_imported(ctx: _Context, path: str) -> int:
         raise FileNotFoundError(f"eval.import_ckpt={path!r} does not exist; point it at a score_sde_pytorch "
                                 f"checkpoint_<n>.pth")
     converted = compat.load_score_sde_pytorch(path, ctx.model, which="ema")
+    ctx.checkpoint_id = checkpoint.content_id(path)
     _reset_ema(ctx.state)
     return int(converted.get("step", 0))
 
@@ -191,24 +195,28 @@ def _bits_per_dim(nll: torch.Tensor, config: Any, shape: Tuple[int, ...]) -> tor
     return torch.as_tensor(likelihood.bits_per_dim(nll, shape, num_levels=int(levels), data_scale=scale))
 
 
-def eval_bpd(ctx: _Context, score_fn: Callable) -> Dict[str, float]:
-    """Bits/dim on eval.bpd_dataset via the probability-flow ODE (eval.bpd_trace estimator)."""
+def eval_bpd(ctx: _Context, score_fn: Callable, store: Optional[shards.ShardStore] = None) -> Dict[str, float]:
+    """Bits/dim on eval.bpd_dataset via the probability-flow ODE (eval.bpd_trace estimator).
+
+    Global batch j (items [j*B, (j+1)*B)) seeds its dequantization noise and trace probes from
+    (config.seed, j): results do not depend on the number of processes, and with a `store` a killed job
+    resumes at its first missing batch with identical results (score_sde.shards)."""
     cfg, info = ctx.config, ctx.info
     ds = ctx.split(cfg.eval.bpd_dataset, dequantize=True)
     bs, limit = cfg.eval.batch_size, cfg.eval.bpd_num_batches
     n = len(ds) if not limit else min(len(ds), limit * bs)
     nll_fn = likelihood.get_likelihood_fn(ctx.sde, trace=cfg.eval.bpd_trace)
-    seed = distributed.rank_seed(ctx.seed, info.rank)
-    torch.manual_seed(seed)  # drives the per-item dequantization noise
-    gen = torch.Generator().manual_seed(seed)
-    scaler, nlls, nfes = datasets.get_data_scaler(cfg), [], []
-    for batch in _batches(ds, distributed.shard_indices(n, info), bs, _bar(ctx, "bits/dim")):
-        nll, _, nfe = nll_fn(score_fn, scaler(batch.to(info.device)), generator=gen)
-        nlls.append(nll.detach().double())
-        nfes.append(float(nfe))
-    local = torch.cat(nlls) if nlls else torch.zeros(0, dtype=torch.float64, device=info.device)
-    nll = distributed.all_gather_cat(local.to(info.device), info).cpu()
-    nfe = distributed.all_gather_cat(torch.tensor(nfes, dtype=torch.float64, device=info.device), info)
+    scaler = datasets.get_data_scaler(cfg)
+
+    def batch(j: int) -> Dict[str, torch.Tensor]:
+        torch.manual_seed(keyed_seed(ctx.seed, shards.STREAM_BPD, j, 0))  # the items' dequantization noise
+        x = torch.stack([ds[i] for i in range(j * bs, min(n, (j + 1) * bs))])
+        gen = shards.batch_generator(ctx.seed, shards.STREAM_BPD, j)
+        nll, _, nfe = nll_fn(score_fn, scaler(x.to(info.device)), generator=gen)
+        return {"nll": nll.detach().double(), "nfe": torch.tensor([float(nfe)], dtype=torch.float64)}
+
+    out = shards.run_batches(batch, -(-n // bs), info, store, _bar(ctx, "bits/dim"))
+    nll, nfe = out.get("nll", torch.zeros(0, dtype=torch.float64)), out.get("nfe", torch.zeros(0, dtype=torch.float64))
     bpd = _bits_per_dim(nll, cfg, ctx.shape).double()
     return {"bits_per_dim": float(bpd.mean()), "bits_per_dim_stderr": float(bpd.std() / math.sqrt(len(bpd)))
             if len(bpd) > 1 else 0.0, "nll_nats": float(nll.mean()), "num_examples": int(len(bpd)),
@@ -218,32 +226,31 @@ def eval_bpd(ctx: _Context, score_fn: Callable) -> Dict[str, float]:
 # ----------------------------------------------------------------------------------------------
 # Sampling
 # ----------------------------------------------------------------------------------------------
-def draw_samples(ctx: _Context) -> Tuple[torch.Tensor, torch.Tensor, float]:
-    """eval.num_samples samples (model space, CPU) split across ranks, with the NFE of each batch call
-    and the slowest rank's seconds. Generator seeded from (config.seed, rank)."""
+def draw_samples(ctx: _Context, store: Optional[shards.ShardStore] = None) -> Tuple[torch.Tensor, torch.Tensor, float]:
+    """eval.num_samples samples (model space, CPU) in global batches of eval.batch_size split across ranks,
+    with the NFE of each batch call and the slowest rank's seconds. Batch j draws from a generator keyed
+    (config.seed, j) (shards.batch_generator): the samples do not depend on the number of processes, and
+    with a `store` a killed job resumes at its first missing batch with identical results."""
     cfg, info = ctx.config, ctx.info
-    total, bs = cfg.eval.num_samples, cfg.eval.batch_size
-    n, score_fn = distributed.split_count(total, info), ctx.score_fn()
-    gen = torch.Generator().manual_seed(distributed.rank_seed(ctx.seed, info.rank))
-    samplers: Dict[int, Callable] = {}
-    xs, nfes = [torch.zeros((0, *ctx.shape), device=info.device)], []
-    start = time.perf_counter()
-    starts = range(0, n, bs)
-    for first in tqdm(starts, desc="sampling", leave=False, dynamic_ncols=True) if _bar(ctx, "s") else starts:
-        b = min(bs, n - first)
+    total, bs = int(cfg.eval.num_samples), int(cfg.eval.batch_size)
+    score_fn, samplers = ctx.score_fn(), {}
+
+    def batch(j: int) -> Dict[str, torch.Tensor]:
+        b = min(bs, total - j * bs)
         if b not in samplers:
             samplers[b] = sampler_from_config(cfg, ctx.sde, (b, *ctx.shape), device=info.device)
         with torch.no_grad():
-            x, nfe = samplers[b](score_fn, generator=gen)
-        xs.append(x.detach().float())
-        nfes.append(float(nfe))
+            x, nfe = samplers[b](score_fn, generator=shards.batch_generator(ctx.seed, shards.STREAM_SAMPLES, j))
+        return {"x": x.detach().float(), "nfe": torch.tensor([float(nfe)], dtype=torch.float64)}
+
+    start = time.perf_counter()
+    out = shards.run_batches(batch, -(-total // bs), info, store, _bar(ctx, "sampling"))
     if info.device.type == "cuda":
         torch.cuda.synchronize(info.device)
     seconds = torch.tensor([time.perf_counter() - start], dtype=torch.float64, device=info.device)
-    x = distributed.all_gather_cat(torch.cat(xs), info).cpu()
-    nfe = distributed.all_gather_cat(torch.tensor(nfes, dtype=torch.float64, device=info.device), info).cpu()
     seconds = float(distributed.all_gather_cat(seconds, info).max())
-    return x, nfe, seconds
+    x = out.get("x", torch.zeros((0, *ctx.shape)))
+    return x, out.get("nfe", torch.zeros(0, dtype=torch.float64)), seconds
 
 
 def _is_image(ctx: _Context) -> bool:
@@ -350,13 +357,15 @@ def sampling_job(ctx: _Context, folder: str, step: int, source: str, with_metric
     method, options = sampler_settings(ctx.config, ctx.sde)
     out = os.path.join(folder, f"{method}_{report.options_tag(options)}")
     settings = {"sampler": method, "options": options, "num_samples": int(ctx.config.eval.num_samples),
-                "seed": ctx.seed, "checkpoint_step": step,
+                "seed": ctx.seed, "checkpoint_step": step, "checkpoint_checksum": ctx.checkpoint_id,
                 "metrics": with_metrics, "fid": with_metrics and ctx.config.eval.enable_fid}
     if with_metrics:  # a different reference is a different result: not skipped as already done
         settings["reference"] = [reference_split(ctx.config), num_reference(ctx.config)]
 
+    store = shards.ShardStore(os.path.join(out, "shards"), settings, ctx.checkpoint_id)
+
     def work() -> Dict[str, Any]:
-        x, nfe, seconds = draw_samples(ctx)
+        x, nfe, seconds = draw_samples(ctx, store)
         if not ctx.info.is_main:
             return {}
         x_data = _to_data_space(ctx, x)
@@ -372,19 +381,23 @@ def sampling_job(ctx: _Context, folder: str, step: int, source: str, with_metric
                  result.get("metrics", ""))
         return result
 
-    _run_once(ctx, os.path.join(out, "report.json"), settings, work)
+    if _run_once(ctx, os.path.join(out, "report.json"), settings, work) and ctx.info.is_main:
+        store.clear()  # the report is written: the per-batch shards are no longer needed
     return out
 
 
 def evaluate_checkpoint(ctx: _Context, folder: str, step: int, source: str) -> None:
     """Loss, bits/dim and sampling for the weights currently loaded in ctx, as the config enables."""
-    ev, base = ctx.config.eval, {"checkpoint_step": step, "seed": ctx.seed}
+    ev, base = ctx.config.eval, {"checkpoint_step": step, "checkpoint_checksum": ctx.checkpoint_id, "seed": ctx.seed}
     if ev.enable_loss:
         _run_once(ctx, os.path.join(folder, "loss.json"), base, lambda: eval_loss(ctx))
     if ev.enable_bpd:
         settings = dict(base, dataset=ev.bpd_dataset, trace=ev.bpd_trace, num_batches=ev.bpd_num_batches,
                         batch_size=ev.batch_size)
-        _run_once(ctx, os.path.join(folder, "bpd.json"), settings, lambda: eval_bpd(ctx, ctx.score_fn()))
+        store = shards.ShardStore(os.path.join(folder, "bpd_shards"), settings, ctx.checkpoint_id)
+        if _run_once(ctx, os.path.join(folder, "bpd.json"), settings, lambda: eval_bpd(ctx, ctx.score_fn(), store)) \
+                and ctx.info.is_main:
+            store.clear()  # the report is written: the per-batch shards are no longer needed
     if ev.enable_sampling:
         sampling_job(ctx, folder, step, source, with_metrics=True)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -92,22 +92,38 @@ def _check_weighting(weighting: str, time_sampling: str) -> None:
         raise ValueError(f"unknown time_sampling {time_sampling!r}; choose one of {TIME_SAMPLINGS}")
 
 
+def _draws(x0: torch.Tensor, generator: Optional[torch.Generator], noise: Optional[Sequence[torch.Tensor]],
+           lognormal: bool = False) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """(u, z, normal) for a batch: drawn here (from `generator`, or torch's global one), or given as
+    `noise` = (u, z) or (u, z, normal) per item (keyed by the data stream, score_sde.data_stream)."""
+    if noise is None:
+        u = rand_like(x0.new_empty(x0.shape[0]), generator)
+        normal = randn_like(u, generator) if lognormal else None
+        return u, randn_like(x0, generator), normal
+    u, z = noise[0].to(x0.device, x0.dtype), noise[1].to(x0.device, x0.dtype)
+    normal = noise[2].to(x0.device, x0.dtype) if len(noise) > 2 else None
+    if u.shape != x0.shape[:1] or z.shape != x0.shape:
+        raise ValueError(f"noise shapes u {tuple(u.shape)}, z {tuple(z.shape)} do not fit the batch "
+                         f"{tuple(x0.shape)}; pass u of shape (B,) and z shaped like the batch")
+    if lognormal and normal is None:
+        raise ValueError("time_sampling='lognormal' needs noise=(u, z, normal) with standard normals of shape (B,)")
+    return u, z, normal
+
+
 # ----------------------------------------------------------------------------- losses
 def dsm_loss(sde: SDE, score_fn: ScoreFn, x0: torch.Tensor, *, reduce_mean: bool = False,
              likelihood_weighting: bool = False, eps: float = 1e-5,
              generator: Optional[torch.Generator] = None, weighting: Optional[str] = None,
              time_sampling: str = "uniform", sigma_data: float = 0.5, p_mean: float = -1.2,
-             p_std: float = 1.2) -> torch.Tensor:
+             p_std: float = 1.2, noise: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
     """Continuous-time denoising score matching, averaged over the batch:
         E_t w(t) || s(t) score(x_t, t) + z ||^2 = E_t w(t) || eps_hat - eps ||^2   (Song et al. 2021, eq. 7)
     weighting (eps_weight; default 'eps', or 'likelihood' when likelihood_weighting) and time_sampling
     (sample_time) pick the objective; a network of any prediction type reaches it through score_fn."""
     weighting = weighting or ("likelihood" if likelihood_weighting else "eps")
     _check_weighting(weighting, time_sampling)
-    u = rand_like(x0.new_empty(x0.shape[0]), generator)
-    normal = randn_like(u, generator) if time_sampling == "lognormal" else None
+    u, z, normal = _draws(x0, generator, noise, time_sampling == "lognormal")
     t, iw = sample_time(sde, u, eps, time_sampling, p_mean, p_std, normal)
-    z = randn_like(x0, generator)
     mean, std = sde.marginal_prob(x0, t)
     std_b = batch_broadcast(std, x0)
     score = score_fn(mean + std_b * z, t)
@@ -118,19 +134,18 @@ def dsm_loss(sde: SDE, score_fn: ScoreFn, x0: torch.Tensor, *, reduce_mean: bool
 
 def discrete_loss(sde: SDE, score_fn: ScoreFn, x0: torch.Tensor, *, reduce_mean: bool = False,
                   generator: Optional[torch.Generator] = None, weighting: str = "eps",
-                  sigma_data: float = 0.5) -> torch.Tensor:
+                  sigma_data: float = 0.5, noise: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
     """DDPM eps-loss / SMLD sigma^2-weighted loss on the SDE's discrete levels (they coincide), optionally
     reweighted (eps_weight with the level's m_i, s_i; 'likelihood' is continuous-only: use hybrid_loss)."""
     _check_weighting(weighting, "uniform")
     if weighting == "likelihood":
         raise ValueError("likelihood weighting applies to continuous training; for discrete DDPM models "
                          "train the bound with training.learned_variance (hybrid loss)")
-    u = rand_like(x0.new_empty(x0.shape[0]), generator)
+    u, z, _ = _draws(x0, generator, noise)
     i = torch.clamp((u * sde.N).long(), max=sde.N - 1)
     t = sde.discrete_times().to(x0)[i]
     m_i, s_i = sde.discrete_marginal(i, like=x0)
     m, s = (batch_broadcast(v, x0) for v in (m_i, s_i))
-    z = randn_like(x0, generator)
     score = score_fn(m * x0 + s * z, t)
     return (_reduce((s * score + z) ** 2, reduce_mean) * eps_weight(weighting, m_i, s_i, None, sigma_data)).mean()
 
@@ -155,7 +170,8 @@ def learned_variance_fn(sde: SDE, model: torch.nn.Module, *, continuous: bool = 
 
 def hybrid_loss(sde: SDE, model_fn: VarianceFn, x0: torch.Tensor, *, vlb_weight: float = 1e-3,
                 reduce_mean: bool = True, num_levels: int = 256, data_scale: float = 2.0,
-                data_shift: float = -1.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                data_shift: float = -1.0, generator: Optional[torch.Generator] = None,
+                noise: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
     """Improved DDPM's L_hybrid = L_simple + lambda L_vlb (Nichol & Dhariwal 2021, section 3.1) on the VP chain.
 
     model_fn(x_i, t_i) -> (eps_hat, v). At a uniform level i: ||eps_hat - eps||^2 plus lambda N L_i, the
@@ -163,9 +179,8 @@ def hybrid_loss(sde: SDE, model_fn: VarianceFn, x0: torch.Tensor, *, vlb_weight:
     mean with eps_hat DETACHED: the bound trains only the variance, L_simple the mean.
     """
     chain = likelihood.ddpm_chain(sde)
-    u = rand_like(x0.new_empty(x0.shape[0]), generator)
+    u, z, _ = _draws(x0, generator, noise)
     levels = torch.clamp((u * sde.N).long(), max=sde.N - 1)
-    z = randn_like(x0, generator)
     m, s = (batch_broadcast(c, x0) for c in sde.discrete_marginal(levels, like=x0))
     x_i = m * x0 + s * z
     eps_hat, v = model_fn(x_i, sde.discrete_times().to(x0)[levels])
@@ -180,7 +195,7 @@ def get_loss_fn(sde: SDE, *, kind: str = "dsm", reduce_mean: bool = False,
                 likelihood_weighting: bool = False, eps: float = 1e-5, weighting: Optional[str] = None,
                 time_sampling: str = "uniform", sigma_data: float = 0.5, p_mean: float = -1.2,
                 p_std: float = 1.2) -> LossFn:
-    """loss_fn(score_fn, x0, generator=None) -> scalar, for kind 'dsm' (continuous), 'ddpm' or 'smld'.
+    """loss_fn(score_fn, x0, generator=None, noise=None) -> scalar, for kind 'dsm' (continuous), 'ddpm' or 'smld'.
 
     weighting: None (eps, or likelihood when likelihood_weighting) or one of WEIGHTINGS; time_sampling:
     one of TIME_SAMPLINGS (continuous only)."""
@@ -199,13 +214,14 @@ def get_loss_fn(sde: SDE, *, kind: str = "dsm", reduce_mean: bool = False,
         raise ValueError("likelihood weighting and importance/lognormal time sampling apply to continuous "
                          "training only; set training.continuous=True")
 
-    def loss_fn(score_fn: ScoreFn, x0: torch.Tensor, generator: Optional[torch.Generator] = None):
+    def loss_fn(score_fn: ScoreFn, x0: torch.Tensor, generator: Optional[torch.Generator] = None,
+                noise: Optional[Sequence[torch.Tensor]] = None):
         if kind == "dsm":
             return dsm_loss(sde, score_fn, x0, reduce_mean=reduce_mean, eps=eps, generator=generator,
                             weighting=weighting, time_sampling=time_sampling, sigma_data=sigma_data,
-                            p_mean=p_mean, p_std=p_std)
+                            p_mean=p_mean, p_std=p_std, noise=noise)
         return discrete_loss(sde, score_fn, x0, reduce_mean=reduce_mean, generator=generator,
-                             weighting=weighting, sigma_data=sigma_data)
+                             weighting=weighting, sigma_data=sigma_data, noise=noise)
 
     return loss_fn
 
@@ -261,8 +277,9 @@ def get_step_fn(sde: SDE, *, train: bool, optimize_fn: Optional[Callable] = None
     """One optimization step (train) or one EMA-weight loss evaluation (eval) on a batch.
 
     The objective: get_loss_fn's options, or with learned_variance the hybrid loss (discrete VP only).
-    `state` holds model, ema, optimizer and step. A non-finite loss raises FloatingPointError
-    before any parameter is touched, so the last good checkpoint stays valid.
+    `state` holds model, ema, optimizer and step; `noise` = (u, z[, normal]) per item (training passes the
+    data stream's keyed draws) or None (drawn from torch's global generator). A non-finite loss raises
+    FloatingPointError before any parameter is touched, so the last good checkpoint stays valid.
     """
     loss_fn = get_loss_fn(sde, kind=kind, reduce_mean=reduce_mean, likelihood_weighting=likelihood_weighting,
                           eps=eps, weighting=weighting, time_sampling=time_sampling, sigma_data=sigma_data,
@@ -273,17 +290,18 @@ def get_step_fn(sde: SDE, *, train: bool, optimize_fn: Optional[Callable] = None
                              "training.continuous=False on a VP SDE, or learned_variance=False")
         likelihood.ddpm_chain(sde)  # a VP chain, or a clear error now rather than at the first step
 
-    def compute_loss(model, batch, is_train: bool) -> torch.Tensor:
+    def compute_loss(model, batch, is_train: bool, noise=None) -> torch.Tensor:
         with autocast_context(batch.device, precision):
             if learned_variance:
                 fn = learned_variance_fn(sde, model, continuous=False, prediction=prediction, train=is_train)
                 return hybrid_loss(sde, fn, batch, vlb_weight=vlb_weight, reduce_mean=reduce_mean,
-                                   num_levels=num_levels, data_scale=data_scale, data_shift=data_shift).float()
+                                   num_levels=num_levels, data_scale=data_scale, data_shift=data_shift,
+                                   noise=noise).float()
             score_fn = parameterization.get_score_fn(sde, model, continuous=continuous,
                                                      prediction=prediction, train=is_train)
-            return loss_fn(score_fn, batch).float()
+            return loss_fn(score_fn, batch, noise=noise).float()
 
-    def step_fn(state: Dict, batch: torch.Tensor) -> Dict[str, float]:
+    def step_fn(state: Dict, batch: torch.Tensor, noise: Optional[Sequence[torch.Tensor]] = None) -> Dict[str, float]:
         model = state["model"]
         if not train:
             ema = state["ema"]
@@ -291,13 +309,13 @@ def get_step_fn(sde: SDE, *, train: bool, optimize_fn: Optional[Callable] = None
             ema.copy_to(model.parameters())
             try:
                 with torch.no_grad():
-                    loss = compute_loss(model, batch, False)
+                    loss = compute_loss(model, batch, False, noise)
             finally:
                 ema.restore(model.parameters())
             return {"loss": float(loss)}
         optimizer = state["optimizer"]
         optimizer.zero_grad(set_to_none=True)
-        loss = compute_loss(model, batch, True)
+        loss = compute_loss(model, batch, True, noise)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss ({loss.item()}) at step {state['step']}; "
                                      "parameters were not updated - lower optim.lr or set optim.grad_clip")

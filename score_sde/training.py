@@ -5,21 +5,22 @@ Outputs under workdir: checkpoints/checkpoint_<step>.pth every training.snapshot
 last step), checkpoints-meta/checkpoint.pth every training.snapshot_freq_for_preemption,
 tensorboard/ (loss, lr, grad_norm, eval loss, sample grids) and samples/iter_<step>/.
 
-Repeatable by construction, for any number of processes K (score_sde.distributed): the data stream
-and each item's augmentation are pure functions of (seed, stream position), shared by all K; the loss
-noise (t, z) and dropout of step s on rank r come from a generator seeded with (seed, s, r);
-evaluation/sampling run inside a forked RNG. No RNG state has to be restored: a run killed at any
-point and restarted with the same K ends with the same parameters as an uninterrupted run, and a run
-restarted with another K continues the same data stream (its noise draws are those of the new K).
+Repeatable by construction, for any number of processes K (score_sde.data_stream): the data stream,
+each item's augmentation and its loss noise (t, z) are pure functions of (seed, stream position),
+shared by all K; only dropout of step s on rank r is seeded with (seed, s, r); evaluation/sampling run
+inside a forked RNG. No RNG state has to be restored: a run killed at any point and restarted with the
+same K ends bitwise equal to an uninterrupted run, and K processes equal one process on the same global
+batch up to float summation order (dropout 0; with dropout, in distribution).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import random
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from . import builders, checkpoint, datasets, distributed, images, integrity, losses, preemption, sampling
-from . import workdir_lock
+from . import data_stream, workdir_lock
 from .atomic import atomic_write
 from .pipeline.spec import Spec, TrainingSpec, as_spec
 
@@ -48,11 +49,13 @@ def read_settings(config: Any) -> TrainingSpec:
 
 
 def batch_iterator(ds: Dataset, global_batch: int, seed: int, start_step: int,
-                   info: distributed.DistInfo) -> Iterator[torch.Tensor]:
-    """Endless iterator of this rank's batches from `start_step` on: its block of every global batch of
-    the K-invariant data stream (distributed.StepBatches), items augmented by stream position."""
-    sampler = distributed.StepBatches(len(ds), global_batch, seed, info, start_step)
-    return iter(DataLoader(distributed.KeyedItems(ds, seed), batch_sampler=sampler, num_workers=0))
+                   info: distributed.DistInfo) -> Iterator[Tuple[torch.Tensor, data_stream.LossNoise]]:
+    """Endless iterator of this rank's (batch, loss noise) from `start_step` on: its block of every global
+    batch of the K-invariant data stream (data_stream.StepBatches), items augmented and their loss noise
+    drawn by stream position (data_stream.KeyedItems)."""
+    sampler = data_stream.StepBatches(len(ds), global_batch, seed, info, start_step)
+    loader = DataLoader(data_stream.KeyedItems(ds, seed, with_noise=True), batch_sampler=sampler, num_workers=0)
+    return map(data_stream.split_batch, loader)
 
 
 def eval_batch(ds: Dataset, batch: int, seed: int, step: int) -> torch.Tensor:
@@ -119,7 +122,8 @@ def resume(state: Dict[str, Any], workdir: str, info: distributed.DistInfo, fiel
     """Load the newest checkpoint (numbered or preemption) into state; its path or None.
 
     Works for any number of processes: the weights, EMA, optimizer and step are global, and every
-    random draw after step s is keyed by (seed, s, rank), so nothing per-rank is restored. A checkpoint
+    random draw after step s is keyed by (seed, stream position) (dropout by (seed, s, rank)), so
+    nothing per-rank is restored. A checkpoint
     whose fingerprint differs from `fields` is refused unless `allow_fingerprint_mismatch`."""
     path = checkpoint.latest_checkpoint(workdir)
     if path is None:
@@ -134,21 +138,34 @@ def resume(state: Dict[str, Any], workdir: str, info: distributed.DistInfo, fiel
 # Logging and snapshots
 # ----------------------------------------------------------------------------------------------
 class Logger:
-    """TensorBoard scalars/images and a tqdm bar on rank 0; silent elsewhere."""
+    """TensorBoard scalars/images and a tqdm bar on rank 0; silent elsewhere. An OSError of TensorBoard's
+    writer thread (disk full, ...) surfaces naming the tensorboard folder (main.py prints one line)."""
 
     def __init__(self, workdir: str, info: distributed.DistInfo, start: int, total: int, progress: bool = True):
         self.writer = self.bar = None
+        self.folder = os.path.join(workdir, "tensorboard")
         if info.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            with self._named():
+                self.writer = SummaryWriter(self.folder)
             if progress:
                 self.bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)
 
+    @contextlib.contextmanager
+    def _named(self):
+        try:
+            yield
+        except OSError as e:
+            if e.filename is not None:
+                raise
+            raise OSError(e.errno, e.strerror or str(e), self.folder) from None
+
     def scalars(self, step: int, values: Dict[str, float], prefix: str = "") -> None:
         if self.writer is not None:
-            for k, v in values.items():
-                self.writer.add_scalar(prefix + k, v, step)
+            with self._named():
+                for k, v in values.items():
+                    self.writer.add_scalar(prefix + k, v, step)
 
     def advance(self, loss: float) -> None:
         if self.bar is not None:
@@ -157,13 +174,25 @@ class Logger:
 
     def image(self, step: int, array: np.ndarray) -> None:
         if self.writer is not None:
-            self.writer.add_image("samples", array, step, dataformats="HWC")
+            with self._named():
+                self.writer.add_image("samples", array, step, dataformats="HWC")
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
         if self.writer is not None:
-            self.writer.close()
+            writer, self.writer = self.writer, None
+            with self._named():
+                writer.close()
+
+
+def snapshot_missing(workdir: str, s: TrainingSpec, step: int) -> bool:
+    """True when a resumed run's step has a numbered checkpoint but its snapshot samples were never
+    written (killed while sampling): the weights are that checkpoint's, so they are drawn now."""
+    if not s.snapshot_sampling or step == 0 or (step % s.snapshot_freq and step != s.n_iters):
+        return False
+    done = os.path.isfile(os.path.join(workdir, "samples", f"iter_{step}", "samples.npz"))
+    return not done and os.path.isfile(checkpoint.checkpoint_path(workdir, step))
 
 
 def snapshot_samples(spec: Spec, sde, state: Dict[str, Any], workdir: str, step: int,
@@ -244,7 +273,7 @@ def train(config: Any, workdir: str, progress: bool = True, allow_fingerprint_mi
 
 def _train(spec: Spec, workdir: str, s: TrainingSpec, info: distributed.DistInfo, stop: preemption.StopOnSignal,
            progress: bool = True, allow_fingerprint_mismatch: bool = False) -> Dict[str, Any]:
-    local_batch = distributed.local_batch_size(s.batch_size, info)
+    local_batch = data_stream.local_batch_size(s.batch_size, info)
     if info.is_main:  # under the lock: no other writer can own these temp files
         for sub in ("checkpoints", "checkpoints-meta", "samples"):
             checkpoint.remove_stale_tmp(os.path.join(workdir, sub))
@@ -277,10 +306,18 @@ def _train(spec: Spec, workdir: str, s: TrainingSpec, info: distributed.DistInfo
     batches = batch_iterator(train_ds, s.batch_size, seed, start, info)
     logger = Logger(workdir, info, start, s.n_iters, progress)
     try:
+        missing = snapshot_missing(workdir, s, start) if info.is_main else None  # rank 0's files decide
+        if distributed.broadcast_object(missing, info):  # a SIGKILL hit the snapshot sampling after its save
+            with torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda" else []):
+                image = snapshot_samples(spec, sde, state, workdir, start, info)
+            if image is not None:
+                logger.image(start, image)
+            distributed.barrier(info)
         while state["step"] < s.n_iters:
-            batch = distributed.to_memory_format(scaler(next(batches).to(info.device)), channels_last)
-            distributed.seed_step(seed, state["step"], info)  # loss noise and dropout of this step/rank
-            stats = train_step(state, batch)
+            batch, noise = next(batches)  # loss noise keyed per item: the same for any process count
+            batch = distributed.to_memory_format(scaler(batch.to(info.device)), channels_last)
+            data_stream.seed_step(seed, state["step"], info)  # dropout of this step/rank
+            stats = train_step(state, batch, noise.to(info.device))
             step = state["step"]
             check_grad_norm(stats, step, last_good)  # free; the full finite check runs before each save
             logger.advance(stats["loss"])

@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from score_sde.pipeline.spec import as_spec
-from score_sde import (checkpoint, cli_errors, datasets, distributed, evaluation, integrity, losses, preemption,
-                       training, workdir_lock)
+from score_sde import (checkpoint, cli_errors, data_stream, datasets, evaluation, integrity, losses,
+                       preemption, training, workdir_lock)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # configs/ is imported as a package, as main.py does
@@ -153,14 +153,14 @@ def test_sigterm_saves_and_exits_143_and_the_restart_is_bitwise_equal(tmp_path):
 def test_sigint_finishes_the_step_saves_and_raises_preempted(tmp_path, monkeypatch):
     config = tiny(n_iters=50)
     config.training.snapshot_freq_for_preemption = 100000
-    real = distributed.seed_step
+    real = data_stream.seed_step
 
     def interrupt_at_5(seed, step, info):
         if step == 5:
             signal.raise_signal(signal.SIGINT)  # arrives just before step 6's update
         real(seed, step, info)
 
-    monkeypatch.setattr(distributed, "seed_step", interrupt_at_5)
+    monkeypatch.setattr(data_stream, "seed_step", interrupt_at_5)
     with pytest.raises(preemption.Preempted) as caught:
         training.train(config, str(tmp_path))
     assert caught.value.exit_code == 130 and caught.value.step == 6

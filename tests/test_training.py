@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from score_sde import distributed, checkpoint, datasets, training
+from score_sde import data_stream, distributed, checkpoint, datasets, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # configs/ is imported as a package, as main.py does
@@ -163,24 +163,24 @@ def test_nonfinite_loss_stops_with_clear_error_and_keeps_last_checkpoint(tmp_pat
 
 # ------------------------------------------------------------------ data order, batch split
 def test_step_batches_cover_each_epoch_once_and_restart_anywhere():
-    """training reads its data through score_sde.distributed.StepBatches (more cases in tests/test_ddp.py)."""
+    """training reads its data through score_sde.data_stream.StepBatches (more cases in tests/test_ddp.py)."""
     n, b = 10, 4
     one = distributed.DistInfo(0, 1, 0, torch.device("cpu"))
-    s = distributed.StepBatches(n, b, 3, one)
+    s = data_stream.StepBatches(n, b, 3, one)
     stream = [i for step in range(5) for _, i in s.keys(step)]  # 20 = two epochs
     assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:]) == list(range(10))
     assert stream[:10] != stream[10:]  # a new order each epoch
-    it = iter(distributed.StepBatches(n, b, 3, one, start_step=3))
+    it = iter(data_stream.StepBatches(n, b, 3, one, start_step=3))
     assert [i for _, i in next(it)] == stream[12:16] and [i for _, i in next(it)] == stream[16:20]
-    ranks = [distributed.StepBatches(n, b, 3, distributed.DistInfo(r, 2, r, torch.device("cpu"))).keys(1)
+    ranks = [data_stream.StepBatches(n, b, 3, distributed.DistInfo(r, 2, r, torch.device("cpu"))).keys(1)
              for r in range(2)]
     assert ranks[0] + ranks[1] == s.keys(1)
 
 
 def test_global_batch_must_split_evenly():
-    assert distributed.local_batch_size(128, distributed.DistInfo(0, 4, 0, torch.device("cpu"))) == 32
+    assert data_stream.local_batch_size(128, distributed.DistInfo(0, 4, 0, torch.device("cpu"))) == 32
     with pytest.raises(ValueError, match="divisible by the number of processes \\(3\\)"):
-        distributed.local_batch_size(128, distributed.DistInfo(0, 3, 0, torch.device("cpu")))
+        data_stream.local_batch_size(128, distributed.DistInfo(0, 3, 0, torch.device("cpu")))
 
 
 def test_settings_reject_bad_values():

@@ -20,17 +20,20 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import logging
 import os
 import sys
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
 
 from . import layers
 from .ncsn import InstanceNormPlus
+
+log = logging.getLogger(__name__)
 
 _PREFIX = "module."
 _LEAF_ALIASES = {"W": "weight", "b": "bias"}  # original NIN layers name their tensors W, b
@@ -258,7 +261,9 @@ def convert(src_path, config, dst_path, which: str = "model") -> dict:
     """Convert an original checkpoint to our format and save it to ``dst_path``.
 
     The output has "model" (raw weights, or the EMA weights when ``which='ema'``), "ema"
-    (decay, num_updates, shadow_params in our trainable-parameters order) and "step".
+    (decay, num_updates, shadow_params in our trainable-parameters order) and "step", written in the
+    current checkpoint format (score_sde.checkpoint: format version, checksum, and the config's
+    fingerprint when the config is a complete score_sde config).
     """
     from . import get_model
     with torch.device("meta"):
@@ -273,12 +278,24 @@ def convert(src_path, config, dst_path, which: str = "model") -> dict:
         converted["model"] = apply_ema(converted["model"], converted["ema"], model)
     elif which != "model":
         raise ValueError(f"which={which!r}: choose 'ema' or 'model'")
+    from .. import checkpoint
     dst = Path(dst_path)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    torch.save(converted, tmp)
-    os.replace(tmp, dst)
+    checkpoint.save_checkpoint(str(dst), converted, _fingerprint_or_none(config))
     return converted
+
+
+def _fingerprint_or_none(config) -> Optional[dict]:
+    """The fingerprinted fields of a complete config; None (no fingerprint written) for a partial one."""
+    from ..pipeline.spec import as_spec
+    from ..training import fingerprint_fields
+    try:
+        as_spec(config)
+    except (ValueError, KeyError, AttributeError, TypeError) as e:
+        log.warning("config is not a complete score_sde config (%s); the converted checkpoint carries no "
+                    "fingerprint", str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return None
+    return fingerprint_fields(config)
 
 
 def _derived_buffer(config, name: str, buf: torch.Tensor) -> torch.Tensor:
