@@ -12,7 +12,6 @@ dequantization draws of the train split, so ln p_X(x) = ln p_Y(y) + d ln a (chan
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -26,6 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from score_sde import datasets  # noqa: E402
+from score_sde.models.compat import load_config  # noqa: E402
 
 D, LEVELS = 64, 17
 
@@ -73,13 +73,6 @@ def gmm_table(centered: bool, components: List[int], train_draws: int, test_draw
             row["test_bpd_first_n"] = float(bpd[:first_n].mean())
         rows.append(row)
     return rows
-
-
-def load_config(path: str):
-    spec = importlib.util.spec_from_file_location("bench_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def model_report(args) -> Optional[Dict]:

@@ -23,13 +23,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from score_sde import likelihood, sampling, sde_lib, toy  # noqa: E402
 
 
-def differentiable_score(gmm, sde):
-    def fn(x, t):
-        td = t.double()
-        return gmm.score(x.reshape(x.shape[0], -1), sde.mean_coeff(td), sde.marginal_std(td)).to(x.dtype).reshape(x.shape)
-    return fn
-
-
 def at(sde, t):
     tt = torch.tensor([t], dtype=torch.float64)
     return sde.mean_coeff(tt), sde.marginal_std(tt)
@@ -47,7 +40,7 @@ def likelihood_table(n2: int, n16: int) -> None:
         x = gmm.sample(n, torch.Generator().manual_seed(0))
         d = gmm.dim
         for sname, sde in sdes.items():
-            score = differentiable_score(gmm, sde)
+            score = gmm.score_fn(sde)
             lp_eps = gmm.log_prob_t(x, *at(sde, sde.sampling_eps))
             lp0 = gmm.log_prob(x)
             for backend, method in backends.items():

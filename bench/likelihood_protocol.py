@@ -1,5 +1,6 @@
-"""Benchmark: the likelihood protocol on a 64-D image-like Gaussian mixture (toy.power_law_mixture: power-law
-covariance spectrum, random rotations) with the exact score, against the true -log p0(x).
+"""Benchmark: the likelihood protocol on a 64-D image-like Gaussian mixture
+(toy.image_like_mixture(64, 4, alpha=1.5, top_var=0.25, spread=0.5): power-law covariance spectrum, random
+rotations) with the exact score, against the true -log p0(x).
 
     python bench/likelihood_protocol.py           # 64 points (a few minutes on 2 CPU cores)
     python bench/likelihood_protocol.py --quick   # 16 points
@@ -36,21 +37,13 @@ ROWS = [  # label, options
 ]
 
 
-def differentiable_score(gmm, sde):
-    def fn(x, t):
-        td = t.double()
-        s = gmm.score(x.reshape(x.shape[0], -1), sde.mean_coeff(td), sde.marginal_std(td))
-        return s.to(x.dtype).reshape(x.shape)
-    return fn
-
-
 def main(n: int) -> None:
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-    sde, gmm = sde_lib.VPSDE(), toy.power_law_mixture()
+    sde, gmm = sde_lib.VPSDE(), toy.image_like_mixture(64, 4, alpha=1.5, top_var=0.25, spread=0.5)
     x = gmm.sample(n, torch.Generator().manual_seed(0))
     truth = -gmm.log_prob(x)
     xf = x.float().reshape(n, 1, 8, 8)                      # an 8x8 "image", float32 like a network's input
-    score = differentiable_score(gmm, sde)
+    score = gmm.score_fn(sde)
     print(f"64-D power-law mixture, VP, exact score, {n} points, RK45 rtol = atol = 1e-5\n")
     print("| method | NFE | seconds | x time of score_sde_pytorch | RMS error (nats) | bias (nats) | "
           "RMS error / score_sde_pytorch's |")
@@ -97,9 +90,9 @@ def divergence_speed() -> None:
         loop = seconds(lambda: loop_divergence(f, x))
         batched = seconds(lambda: likelihood.exact_divergence(f, x))
         print(f"| MLP 256x2 | {d} | {b} | {1e3 * loop:.1f} | {1e3 * batched:.1f} | {loop / batched:.2f} |")
-    sde, gmm = sde_lib.VPSDE(), toy.power_law_mixture()
+    sde, gmm = sde_lib.VPSDE(), toy.image_like_mixture(64, 4, alpha=1.5, top_var=0.25, spread=0.5)
     x = gmm.sample(100, torch.Generator().manual_seed(0)).requires_grad_(True)
-    f = differentiable_score(gmm, sde)(x, torch.full((100,), 0.5, dtype=torch.float64))
+    f = gmm.score_fn(sde)(x, torch.full((100,), 0.5, dtype=torch.float64))
     loop = seconds(lambda: loop_divergence(f, x))
     batched = seconds(lambda: likelihood.exact_divergence(f, x))
     print(f"| mixture oracle score | 64 | 100 | {1e3 * loop:.1f} | {1e3 * batched:.1f} | {loop / batched:.2f} |")

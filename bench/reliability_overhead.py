@@ -7,7 +7,6 @@ checksum, as ratios to torch.save of the same checkpoint and to a training step 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import os
 import statistics
@@ -20,6 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from score_sde import builders, checkpoint, datasets, integrity, losses, training  # noqa: E402
+from score_sde.models.compat import load_config  # noqa: E402
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -30,13 +30,6 @@ def median_seconds(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
-def load_config(path: str):
-    spec = importlib.util.spec_from_file_location("bench_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def main() -> None:

@@ -14,7 +14,6 @@ compares items per CPU-second summed over processes, which stays meaningful on a
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import socket
 import statistics
@@ -29,21 +28,11 @@ import torch  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
 from score_sde import builders, data_stream, distributed, losses  # noqa: E402
+from score_sde.models.compat import load_config  # noqa: E402
 
 DIGITS = ["configs/vp/digits_ddpmpp_continuous.py", "configs/subvp/digits_ddpmpp_continuous.py",
           "configs/ve/digits_ncsnpp_continuous.py", "configs/vp/ddpm/digits.py", "configs/ve/ncsn/digits.py"]
 CIFAR = "configs/vp/cifar10_ddpmpp_continuous.py"
-
-
-def load_config(path: str):
-    """get_config() of a config file given relative to the repo root (as main.py's --config)."""
-    file = ROOT / path
-    if not file.is_file():
-        raise FileNotFoundError(f"config {path} not found under {ROOT}; pass --configs with existing files")
-    spec = importlib.util.spec_from_file_location(f"bench_cfg_{file.stem}", file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def step_timer(config, device: torch.device, batch: int, precision: str, compile: bool, channels_last: bool,
@@ -88,7 +77,7 @@ def measure(run, warmup: int, steps: int, budget: float) -> tuple:
 
 def single(args, path: str, batch: int, device: torch.device, precision: str, compile: bool, cl: bool):
     info = distributed.DistInfo(0, 1, 0, device)
-    return measure(step_timer(load_config(path), device, batch, precision, compile, cl, info),
+    return measure(step_timer(load_config(ROOT / path), device, batch, precision, compile, cl, info),
                    args.warmup, args.steps, args.budget)
 
 
@@ -100,7 +89,7 @@ def _ddp_worker(rank, world, port, path, global_batch, warmup, steps, budget, th
     info = distributed.setup("cpu")
     try:
         local = data_stream.local_batch_size(global_batch, info)
-        run = step_timer(load_config(path), info.device, local, "fp32", False, False, info)
+        run = step_timer(load_config(ROOT / path), info.device, local, "fp32", False, False, info)
         wall, cpu = measure(run, warmup, steps, budget)
         times = distributed.all_gather_cat(torch.tensor([[wall, cpu]], dtype=torch.float64), info)
         if rank == 0:  # the slowest rank's wall time; the CPU time of all ranks together

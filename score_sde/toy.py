@@ -137,29 +137,17 @@ def random_rotation(dim: int, generator: torch.Generator) -> torch.Tensor:
 
 
 def image_like_mixture(dim: int = 64, k: int = 8, seed: int = 0, decades: float = 3.0,
-                       top_var: float = 0.05, spread: float = 0.3) -> GaussianMixture:
+                       top_var: float = 0.05, spread: float = 0.3, alpha: Optional[float] = None) -> GaussianMixture:
     """k components whose covariances have an image-like spectrum: eigenvalues falling as a power law
-    l_j = top_var (j + 1)^(-a) over `decades` decades (a = decades / log10 dim), each in its own random
-    rotation; means N(0, spread^2 I). With the defaults the smallest variance is 5e-5, as for natural images
-    whose fine-scale variances lie below 1e-4 on a [-1, 1] scale."""
+    l_j = top_var (j + 1)^(-a) over `decades` decades (a = decades / log10 dim, or `alpha` when given:
+    natural images' exponent is about 1.5), each in its own random rotation; means N(0, spread^2 I). With
+    the defaults the smallest variance is 5e-5, as for natural images whose fine-scale variances lie below
+    1e-4 on a [-1, 1] scale."""
     g = torch.Generator().manual_seed(seed)
-    a = decades / math.log10(dim)
+    a = alpha if alpha is not None else decades / math.log10(dim)
     spectrum = top_var * torch.arange(1, dim + 1, dtype=torch.float64) ** (-a)
     vals = spectrum.flip(0).expand(k, dim).clone()  # ascending, as eigh returns them
     vecs = torch.stack([random_rotation(dim, g) for _ in range(k)])
     weights = torch.rand(k, generator=g, dtype=torch.float64) + 0.5
     means = spread * torch.randn(k, dim, generator=g, dtype=torch.float64)
     return GaussianMixture(weights / weights.sum(), means, eig=(vals, vecs))
-
-
-def power_law_mixture(dim: int = 64, k: int = 4, seed: int = 0, alpha: float = 1.5, top_std: float = 0.5,
-                      spread: float = 0.5) -> GaussianMixture:
-    """An image-like mixture: every component's covariance has the spectrum top_std^2 j^-alpha
-    (j = 1..dim, natural images' power law) in its own random rotation; means N(0, spread^2 I)."""
-    g = torch.Generator().manual_seed(seed)
-    spectrum = top_std ** 2 * torch.arange(1, dim + 1, dtype=torch.float64) ** -alpha
-    q, r = torch.linalg.qr(torch.randn(k, dim, dim, generator=g, dtype=torch.float64))
-    q = q * torch.sign(torch.diagonal(r, dim1=1, dim2=2)).unsqueeze(1)      # Haar rotations
-    covs = q @ torch.diag_embed(spectrum.expand(k, dim)) @ q.transpose(1, 2)
-    means = spread * torch.randn(k, dim, generator=g, dtype=torch.float64)
-    return GaussianMixture(torch.full((k,), 1.0 / k, dtype=torch.float64), means, covs)

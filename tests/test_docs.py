@@ -29,6 +29,24 @@ def blocks(page: str):
     return [(m.group(1), m.group(2)) for m in FENCE.finditer(text) if m.group(1) in RUNNABLE]
 
 
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)\s]*)?\)")
+
+
+def test_readme_links_every_docs_page_and_every_relative_link_resolves():
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    missing = [p for p in PAGES[1:] if f"]({p}" not in readme]
+    assert not missing, f"README.md does not link {missing}; add them to its Documentation list"
+    broken = []
+    for page in PAGES:
+        text = open(os.path.join(ROOT, page), encoding="utf-8").read()
+        for target in LINK.findall(text):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if not os.path.exists(os.path.join(ROOT, os.path.dirname(page), target)):
+                broken.append(f"{page} -> {target}")
+    assert not broken, f"links to files that do not exist: {broken}"
+
+
 def test_fences_are_recognised():
     sample = "x\n```bash\necho hi\n```\n```console\nrm -rf /\n```\n```python\nprint(1)\n```\n"
     found = [(m.group(1), m.group(2)) for m in FENCE.finditer(sample)]

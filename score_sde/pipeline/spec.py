@@ -326,6 +326,7 @@ class Spec(Section):
             config = config.to_dict()
         if isinstance(config, (str, bytes)):
             config = json.loads(config)
+        _check_top_level(config)
         top = {k: _read(config, k) for k in ("seed", "device") if _read(config, k) is not None}
         raws = {name: _section_items(config, name) for name in _SECTIONS}
         explicit = dict(sampling_overrides or {})
@@ -355,6 +356,16 @@ class Spec(Section):
             else:
                 sections[name] = _build(klass, name, raw)
         return cls(**top, **sections)
+
+
+def _check_top_level(config: Any) -> None:
+    """An unknown top-level key or section is an error naming the valid ones (sections check their
+    own fields in `_build`; model architecture fields go to `ModelSpec.arch`, read by the model)."""
+    keys = config.keys() if hasattr(config, "keys") else ()
+    valid = ("seed", "device", *_SECTIONS)
+    unknown = sorted(str(k) for k in keys if str(k) not in valid)
+    if unknown:
+        raise ValueError(f"config has unknown top-level key(s) {unknown}; valid keys: {sorted(valid)}")
 
 
 def _field_hint(path: str) -> Any:
