@@ -3,7 +3,7 @@
 `evaluate(spec, workdir)` takes the newest checkpoint, or, when a range is set, the checkpoints whose
 training STEP lies in [eval.begin_ckpt, eval.end_ckpt] (score_sde_pytorch counts checkpoint numbers
 instead), and writes,
-under `<workdir>/<eval_folder>/ckpt_<step>/`: loss.json, bpd.json and one folder per sampler
+under `<workdir>/<eval_folder>/ckpt_<step>/`: loss.json, bpd.json, vlb.json (eval.enable_vlb) and one folder per sampler
 configuration `<method>_<hash of its options>/` holding samples.npz, samples.png and report.json.
 `sample(spec, workdir)` draws eval.num_samples samples from the newest checkpoint.
 Every file is written by rank 0 only; a report is written last, so it marks finished work and
@@ -261,6 +261,8 @@ def eval_vlb(ctx: _Context) -> Dict[str, Any]:
     for j, name in enumerate(VLB_TERMS):
         out[f"{name}_nats"] = float(nats[:, j].mean())
         out[f"{name}_bits_per_dim"] = float(bits[:, j].mean())
+    log.info("DDPM bound (sigma^2 = %s): %.4f bits/dim (prior %.4f, diffusion %.4f, decoder %.4f)", variance,
+             *(out[f"{k}_bits_per_dim"] for k in VLB_TERMS))
     return out
 
 
