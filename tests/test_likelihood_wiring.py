@@ -124,3 +124,5 @@ def test_objective_fields_reach_the_step_function():
                               optimize_fn=losses.optimization_manager(spec.optim), **opts)
     x = torch.randn(16, 2)
     assert math.isfinite(step(state, x)["loss"])
+    score_fn = builders.score_fn_from_model(spec, builders.sde_from_config(spec), state["model"])
+    assert score_fn(x, torch.full((16,), 0.5)).shape == x.shape      # samplers and the ODE see the prediction
