@@ -49,7 +49,10 @@ def get_default_configs() -> ml_collections.ConfigDict:
     evaluate.enable_sampling = False
     evaluate.num_samples = 50000
     evaluate.bpd_dataset = "test"
-    evaluate.bpd_trace = "hutchinson-rademacher"
+    # bits/dim protocol (issue 12): score_sde_pytorch's likelihood_fn - eps 1e-5, one Rademacher probe, RK45 1e-5
+    evaluate.likelihood = ml_collections.ConfigDict(dict(eps=1e-5, trace="hutchinson-rademacher", num_probes=1,
+                                                         rtol=1e-5, atol=1e-5, backend="scipy"))
+    evaluate.bpd_num_repeats = 1  # the paper averages 5 passes over the test set
     evaluate.bpd_num_batches = 0  # 0: the whole split
     evaluate.reference_split = "train"  # the paper's FID protocol: samples vs the training set
     evaluate.num_reference = 50000

@@ -26,7 +26,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     evaluate.enable_sampling = True
     evaluate.num_samples = 64
     evaluate.bpd_dataset = "test"
-    evaluate.bpd_trace = "hutchinson-rademacher"
+    evaluate.likelihood.trace = "hutchinson-rademacher"
     evaluate.bpd_num_batches = 1
     evaluate.reference_split = "test"  # SW2 (and FID) against held-out items
     evaluate.num_reference = 10000

@@ -24,7 +24,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
     evaluate.enable_sampling = True
     evaluate.num_samples = 2000
     evaluate.bpd_dataset = "test"
-    evaluate.bpd_trace = "exact"
+    evaluate.likelihood.trace = "exact"
     evaluate.bpd_num_batches = 1
     evaluate.reference_split = "test"  # SW2 and exact NLL against held-out draws
     evaluate.num_reference = 10000

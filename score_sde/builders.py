@@ -105,9 +105,24 @@ def load_state(state: Dict[str, Any], ckpt: Dict[str, Any], path: str = "the che
     return state
 
 
+class PredictionHalf(torch.nn.Module):
+    """A learned-variance network (2C channels, model.learned_variance) seen as its prediction half (issue 12)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = model  # parameterization looks through .module for the prediction kind
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        from .likelihood import split_learned_variance
+        return split_learned_variance(self.module(x, *args, **kwargs))[0]
+
+
 def score_fn_from_model(config: Any, sde: sde_lib.SDE, model: torch.nn.Module) -> Callable:
-    """score_fn(x, t) of a trained network (eval mode) under config's time labels and prediction."""
+    """score_fn(x, t) of a trained network (eval mode) under config's time labels and prediction; a
+    learned-variance network contributes its prediction half."""
     spec = as_spec(config)
+    if spec.model.learned_variance:
+        model = PredictionHalf(model)
     return parameterization.get_score_fn(sde, model, continuous=spec.training.continuous,
                                          prediction=spec.model.prediction, train=False)
 

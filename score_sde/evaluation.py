@@ -3,7 +3,7 @@
 `evaluate(spec, workdir)` takes the newest checkpoint, or, when a range is set, the checkpoints whose
 training STEP lies in [eval.begin_ckpt, eval.end_ckpt] (score_sde_pytorch counts checkpoint numbers
 instead), and writes,
-under `<workdir>/<eval_folder>/ckpt_<step>/`: loss.json, bpd.json and one folder per sampler
+under `<workdir>/<eval_folder>/ckpt_<step>/`: loss.json, bpd.json, vlb.json (eval.enable_vlb) and one folder per sampler
 configuration `<method>_<hash of its options>/` holding samples.npz, samples.png and report.json.
 `sample(spec, workdir)` draws eval.num_samples samples from the newest checkpoint.
 Every file is written by rank 0 only; a report is written last, so it marks finished work and
@@ -172,9 +172,7 @@ def eval_loss(ctx: _Context) -> Dict[str, float]:
     cfg, info = ctx.config, ctx.info
     tr = cfg.training
     precision = distributed.resolve_precision(tr.precision, info.device)  # auto: bf16 on CUDA
-    step_fn = losses.get_step_fn(ctx.sde, train=False, kind=tr.loss_kind, continuous=tr.continuous,
-                                 reduce_mean=tr.reduce_mean, likelihood_weighting=tr.likelihood_weighting,
-                                 prediction=cfg.model.prediction, precision=precision)
+    step_fn = losses.get_step_fn(ctx.sde, train=False, precision=precision, **spec_lib.step_options(cfg))
     ds, scaler = ctx.split("test"), datasets.get_data_scaler(cfg)
     torch.manual_seed(distributed.rank_seed(ctx.seed, info.rank))
     total = torch.zeros(2, dtype=torch.float64)
@@ -196,31 +194,87 @@ def _bits_per_dim(nll: torch.Tensor, config: Any, shape: Tuple[int, ...]) -> tor
 
 
 def eval_bpd(ctx: _Context, score_fn: Callable, store: Optional[shards.ShardStore] = None) -> Dict[str, float]:
-    """Bits/dim on eval.bpd_dataset via the probability-flow ODE (eval.bpd_trace estimator).
+    """Bits/dim on eval.bpd_dataset via the probability-flow ODE with the eval.likelihood protocol, averaged
+    over eval.bpd_num_repeats passes (fresh dequantization noise and probes each); the standard error is
+    over the examples' per-pass means.
 
-    Global batch j (items [j*B, (j+1)*B)) seeds its dequantization noise and trace probes from
-    (config.seed, j): results do not depend on the number of processes, and with a `store` a killed job
-    resumes at its first missing batch with identical results (score_sde.shards)."""
+    Batch k = r * num_batches + j (pass r, items [j*B, (j+1)*B)) seeds its dequantization noise and trace
+    probes from (config.seed, k): results do not depend on the number of processes, and with a `store` a
+    killed job resumes at its first missing batch with identical results (score_sde.shards)."""
     cfg, info = ctx.config, ctx.info
     ds = ctx.split(cfg.eval.bpd_dataset, dequantize=True)
     bs, limit = cfg.eval.batch_size, cfg.eval.bpd_num_batches
     n = len(ds) if not limit else min(len(ds), limit * bs)
-    nll_fn = likelihood.get_likelihood_fn(ctx.sde, trace=cfg.eval.bpd_trace)
+    nll_fn = likelihood.get_likelihood_fn(ctx.sde, **cfg.eval.likelihood.options())
     scaler = datasets.get_data_scaler(cfg)
+    num_batches, repeats = -(-n // bs), cfg.eval.bpd_num_repeats
 
-    def batch(j: int) -> Dict[str, torch.Tensor]:
-        torch.manual_seed(keyed_seed(ctx.seed, shards.STREAM_BPD, j, 0))  # the items' dequantization noise
+    def batch(k: int) -> Dict[str, torch.Tensor]:
+        j = k % num_batches
+        torch.manual_seed(keyed_seed(ctx.seed, shards.STREAM_BPD, k, 0))  # the items' dequantization noise
         x = torch.stack([ds[i] for i in range(j * bs, min(n, (j + 1) * bs))])
-        gen = shards.batch_generator(ctx.seed, shards.STREAM_BPD, j)
+        gen = shards.batch_generator(ctx.seed, shards.STREAM_BPD, k)
         nll, _, nfe = nll_fn(score_fn, scaler(x.to(info.device)), generator=gen)
         return {"nll": nll.detach().double(), "nfe": torch.tensor([float(nfe)], dtype=torch.float64)}
 
-    out = shards.run_batches(batch, -(-n // bs), info, store, _bar(ctx, "bits/dim"))
-    nll, nfe = out.get("nll", torch.zeros(0, dtype=torch.float64)), out.get("nfe", torch.zeros(0, dtype=torch.float64))
-    bpd = _bits_per_dim(nll, cfg, ctx.shape).double()
-    return {"bits_per_dim": float(bpd.mean()), "bits_per_dim_stderr": float(bpd.std() / math.sqrt(len(bpd)))
-            if len(bpd) > 1 else 0.0, "nll_nats": float(nll.mean()), "num_examples": int(len(bpd)),
-            "nfe_mean": float(nfe.mean()) if len(nfe) else 0.0}
+    out = shards.run_batches(batch, num_batches * repeats, info, store, _bar(ctx, "bits/dim"))
+    nll = out.get("nll", torch.zeros(0, dtype=torch.float64)).reshape(repeats, -1)   # [repeats, examples]
+    nfe = out.get("nfe", torch.zeros(0, dtype=torch.float64))
+    bpd = _bits_per_dim(nll.reshape(-1), cfg, ctx.shape).double().reshape(nll.shape)
+    per_example = bpd.mean(dim=0)
+    result = {"bits_per_dim": float(bpd.mean()) if bpd.numel() else float("nan"),
+              "bits_per_dim_stderr": float(per_example.std() / math.sqrt(len(per_example)))
+              if len(per_example) > 1 else 0.0, "nll_nats": float(nll.mean()) if nll.numel() else float("nan"),
+              "num_examples": int(nll.shape[1]), "nfe_mean": float(nfe.mean()) if len(nfe) else 0.0}
+    if repeats > 1:
+        result.update(num_repeats=repeats, bits_per_dim_passes=[float(b) for b in bpd.mean(dim=1)])
+    return result
+
+
+def vlb_variance(spec: Spec) -> str:
+    """eval.vlb_variance, else learned for model.learned_variance networks and beta (Ho et al.) otherwise."""
+    return spec.eval.vlb_variance or ("learned" if spec.model.learned_variance else "beta")
+
+
+def eval_vlb(ctx: _Context) -> Dict[str, Any]:
+    """DDPM's variational bound (likelihood.ddpm_vlb, Ho et al. 2020 eq. 5) on the bin centres of
+    eval.bpd_dataset: per-term nats and bits/dim; discretized decoder on image levels, Gaussian on toys.
+    Bits/dim = total / (d ln 2): a code length of the discrete data, comparable with the ODE's bits/dim."""
+    cfg, info = ctx.config, ctx.info
+    ds = _split(cfg.replace(data={"uniform_dequantization": False, "random_flip": False}), cfg.eval.bpd_dataset)
+    bs, limit = cfg.eval.batch_size, cfg.eval.bpd_num_batches
+    n = len(ds) if not limit else min(len(ds), limit * bs)
+    variance, levels = vlb_variance(cfg), cfg.data.get("num_levels")
+    discrete = not cfg.data.is_toy and bool(levels)
+    options = dict(decoder="discretized" if discrete else "gaussian", variance=variance,
+                   num_levels=int(levels or 256), data_scale=2.0 if cfg.data.centered else 1.0,
+                   data_shift=-1.0 if cfg.data.centered else 0.0)
+    if variance == "learned":
+        model_fn, prediction = losses.learned_variance_fn(ctx.sde, ctx.model, continuous=False,
+                                                          prediction=cfg.model.prediction), "eps"
+    else:
+        model_fn, prediction = ctx.score_fn(), "score"
+    gen = torch.Generator(device=info.device).manual_seed(distributed.rank_seed(ctx.seed, info.rank))
+    scaler, parts = datasets.get_data_scaler(cfg), []
+    for batch in _batches(ds, distributed.shard_indices(n, info), bs, _bar(ctx, "DDPM bound")):
+        terms = likelihood.ddpm_vlb(ctx.sde, model_fn, scaler(batch.to(info.device)), prediction=prediction,
+                                    generator=gen, **options)
+        parts.append(torch.stack([terms[k].double() for k in VLB_TERMS], dim=1))
+    local = torch.cat(parts) if parts else torch.zeros(0, len(VLB_TERMS), dtype=torch.float64)
+    nats = distributed.all_gather_cat(local.to(info.device), info).cpu()     # [examples, terms]
+    bits = nats / (math.prod(ctx.shape) * math.log(2.0))
+    out: Dict[str, Any] = {"bits_per_dim": float(bits[:, 0].mean()), "bits_per_dim_stderr": float(
+        bits[:, 0].std() / math.sqrt(len(bits))) if len(bits) > 1 else 0.0, "num_examples": int(len(bits)),
+        "nfe": int(ctx.sde.N), **{k: v for k, v in options.items() if k != "num_levels" or discrete}}
+    for j, name in enumerate(VLB_TERMS):
+        out[f"{name}_nats"] = float(nats[:, j].mean())
+        out[f"{name}_bits_per_dim"] = float(bits[:, j].mean())
+    log.info("DDPM bound (sigma^2 = %s): %.4f bits/dim (prior %.4f, diffusion %.4f, decoder %.4f)", variance,
+             *(out[f"{k}_bits_per_dim"] for k in VLB_TERMS))
+    return out
+
+
+VLB_TERMS = ("total", "prior", "diffusion", "decoder")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -392,12 +446,17 @@ def evaluate_checkpoint(ctx: _Context, folder: str, step: int, source: str) -> N
     if ev.enable_loss:
         _run_once(ctx, os.path.join(folder, "loss.json"), base, lambda: eval_loss(ctx))
     if ev.enable_bpd:
-        settings = dict(base, dataset=ev.bpd_dataset, trace=ev.bpd_trace, num_batches=ev.bpd_num_batches,
+        settings = dict(base, dataset=ev.bpd_dataset, likelihood=ev.likelihood.to_dict(),
+                        num_repeats=ev.bpd_num_repeats, num_batches=ev.bpd_num_batches,
                         batch_size=ev.batch_size)
         store = shards.ShardStore(os.path.join(folder, "bpd_shards"), settings, ctx.checkpoint_id)
         if _run_once(ctx, os.path.join(folder, "bpd.json"), settings, lambda: eval_bpd(ctx, ctx.score_fn(), store)) \
                 and ctx.info.is_main:
             store.clear()  # the report is written: the per-batch shards are no longer needed
+    if ev.enable_vlb:  # issue 12: the DDPM bound next to the ODE bits/dim
+        settings = dict(base, dataset=ev.bpd_dataset, variance=vlb_variance(ctx.config),
+                        num_batches=ev.bpd_num_batches, batch_size=ev.batch_size)
+        _run_once(ctx, os.path.join(folder, "vlb.json"), settings, lambda: eval_vlb(ctx))
     if ev.enable_sampling:
         sampling_job(ctx, folder, step, source, with_metrics=True)
 

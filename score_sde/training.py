@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from . import builders, checkpoint, datasets, distributed, images, integrity, losses, preemption, sampling
 from . import data_stream, workdir_lock
 from .atomic import atomic_write
-from .pipeline.spec import Spec, TrainingSpec, as_spec
+from .pipeline.spec import Spec, TrainingSpec, as_spec, step_options
 
 log = logging.getLogger(__name__)
 SNAPSHOT_IMAGES = 64   # images drawn for the snapshot grid
@@ -298,8 +298,7 @@ def _train(spec: Spec, workdir: str, s: TrainingSpec, info: distributed.DistInfo
                  s.compile, channels_last)
     state["model"] = distributed.wrap_for_training(state["model"], info, compile=s.compile)
 
-    common = dict(kind=s.loss_kind, continuous=s.continuous, reduce_mean=s.reduce_mean,
-                  likelihood_weighting=s.likelihood_weighting, prediction=spec.model.prediction, precision=precision)
+    common = dict(step_options(spec), precision=precision)  # the objective: spec fields (issue 12)
     train_step = losses.get_step_fn(sde, train=True, optimize_fn=losses.optimization_manager(spec.optim), **common)
     eval_step = losses.get_step_fn(sde, train=False, **common)
 

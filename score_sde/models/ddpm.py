@@ -24,7 +24,8 @@ def ddpm_options(config) -> UNetOptions:
         resamp_with_conv=m.resamp_with_conv, conditional=m.conditional, fir_kernel=None, skip_rescale=False,
         resblock_type="ddpm", progressive="none", progressive_input="none", embedding_type="positional",
         init_scale=0.0, scale_by_sigma=m.scale_by_sigma, centered=d.centered, nonlinearity=m.nonlinearity,
-        sigmas=get_sigmas(config), norm_fn=layers.ddpm_norm, always_embed=True)
+        sigmas=get_sigmas(config), norm_fn=layers.ddpm_norm, always_embed=True,
+        learned_variance=bool(m.get("learned_variance", False)))
 
 
 @register_model("ddpm")

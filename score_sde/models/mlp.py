@@ -57,4 +57,5 @@ class MLP(ConditionalMLP):
         if dim is None:
             raise ValueError("the mlp model needs config.data.dim (the data dimension, e.g. 2)")
         super().__init__(dim, tuple(m.get("hidden_dims", (128, 128, 128))), m.get("embedding_dim", 64),
-                         m.get("nonlinearity", "swish"), m.get("label_scale", 1.0), num_classes)
+                         m.get("nonlinearity", "swish"), m.get("label_scale", 1.0), num_classes,
+                         bool(m.get("learned_variance", False)))

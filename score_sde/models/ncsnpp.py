@@ -334,7 +334,8 @@ def options_from_config(config) -> UNetOptions:
         progressive_combine=m.progressive_combine, embedding_type=embedding,
         fourier_scale=m.get("fourier_scale", 16.0),  # used only by Fourier features; ve/cifar10_ncsnpp sets none
         init_scale=m.init_scale, scale_by_sigma=m.scale_by_sigma, centered=d.centered,
-        nonlinearity=m.nonlinearity, sigmas=get_sigmas(config), norm_fn=layers.ncsnpp_norm)
+        nonlinearity=m.nonlinearity, sigmas=get_sigmas(config), norm_fn=layers.ncsnpp_norm,
+        learned_variance=bool(m.get("learned_variance", False)))
 
 
 @register_model("ncsnpp")

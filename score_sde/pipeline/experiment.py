@@ -50,11 +50,12 @@ class Experiment:
             x, _ = sampler(self.score_fn, generator=generator)
         return x
 
-    def nll(self, x: torch.Tensor, *, trace: str = "exact", generator: Optional[torch.Generator] = None,
-            **options: Any) -> torch.Tensor:
-        """Negative log-likelihood of model-space x in nats per sample, through the probability-flow ODE
-        (trace: "exact" or a Hutchinson estimator; options: get_likelihood_fn's rtol, atol, ...)."""
-        nll_fn = likelihood.get_likelihood_fn(self.sde, trace=trace, **options)
+    def nll(self, x: torch.Tensor, *, generator: Optional[torch.Generator] = None, **options: Any) -> torch.Tensor:
+        """Negative log-likelihood of model-space x in nats per sample, through the probability-flow ODE.
+
+        Defaults: the spec's eval.likelihood (eps 1e-5, trace, num_probes, rtol, atol, backend); options
+        (get_likelihood_fn's: trace="exact", eps=..., ...) override them."""
+        nll_fn = likelihood.get_likelihood_fn(self.sde, **{**self.spec.eval.likelihood.options(), **options})
         nll, _, _ = nll_fn(self.score_fn, x.to(self.device), generator=generator)
         return nll.detach()
 

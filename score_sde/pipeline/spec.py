@@ -30,6 +30,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 SPLITS = ("test", "train")
 TRACES = ("exact", "hutchinson-rademacher", "hutchinson-gaussian")
+LIKELIHOOD_TRACES = TRACES + ("hutchinson-orthogonal",)
+WEIGHTINGS = ("eps", "likelihood", "x0", "v", "edm")     # losses.WEIGHTINGS
+TIME_SAMPLINGS = ("uniform", "importance", "lognormal")  # losses.TIME_SAMPLINGS
 # sampler keyword arguments the pipeline fills itself (not config fields)
 RUNTIME_OPTIONS = ("device", "dtype", "progress")
 
@@ -127,6 +130,8 @@ class ModelSpec(Section):
     dropout: float = 0.1
     embedding_type: str = "fourier"
     arch: Mapping[str, Any] = field(default_factory=dict)   # read by the model's constructor
+    # issue 12: improved DDPM's learned reverse variances (2x output channels; discrete VP training)
+    learned_variance: bool = False
 
     def __getattr__(self, name: str) -> Any:  # only called for names that are not fields
         arch = self.__dict__.get("arch", {})
@@ -148,6 +153,7 @@ class ModelSpec(Section):
         if not 0.0 <= self.ema_rate < 1.0:
             raise ValueError(f"config.model.ema_rate must be in [0, 1), got {self.ema_rate!r}")
         _positive("model", num_scales=self.num_scales)
+        _bools("model", self, "learned_variance")
 
 
 @dataclass(frozen=True)
@@ -166,6 +172,10 @@ class TrainingSpec(Section):
     precision: str = "auto"                 # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False
     channels_last: bool = False
+    # issue 12: the objective (losses.get_step_fn); see docs/likelihood.md
+    weighting: Optional[str] = None         # eps | likelihood | x0 | v | edm; None: eps (likelihood if likelihood_weighting)
+    time_sampling: str = "uniform"          # uniform | importance (log sigma^2 uniform) | lognormal (EDM)
+    hybrid_lambda: float = 1e-3             # improved DDPM's L_simple + lambda L_vlb (model.learned_variance)
 
     def _check(self) -> None:
         object.__setattr__(self, "sde", str(self.sde).lower())
@@ -175,6 +185,11 @@ class TrainingSpec(Section):
         _choice("training", "precision", self.precision, PRECISIONS)
         _bools("training", self, "continuous", "reduce_mean", "likelihood_weighting", "snapshot_sampling",
                "compile", "channels_last")
+        if self.weighting is not None:
+            _choice("training", "weighting", self.weighting, WEIGHTINGS)
+        _choice("training", "time_sampling", self.time_sampling, TIME_SAMPLINGS)
+        if not self.hybrid_lambda >= 0:
+            raise ValueError(f"config.training.hybrid_lambda must be >= 0, got {self.hybrid_lambda!r}")
         _positive("training", batch_size=self.batch_size, n_iters=self.n_iters, log_freq=self.log_freq,
                   eval_freq=self.eval_freq, snapshot_freq=self.snapshot_freq,
                   snapshot_freq_for_preemption=self.snapshot_freq_for_preemption)
@@ -225,6 +240,40 @@ class SamplingSpec(Section):
         return resolve_sampling(self.to_dict(), {**({"method": method} if method else {}), **options}, self.progress)
 
 
+LIKELIHOOD_BACKENDS = ("scipy", "torchdiffeq")
+VLB_VARIANCES = ("beta", "beta_tilde", "learned")
+
+
+@dataclass(frozen=True)
+class LikelihoodSpec(Section):
+    """eval.likelihood (issue 12): the probability-flow ODE protocol of bits/dim (likelihood.get_likelihood_fn).
+
+    eps = 1e-5 is score_sde_pytorch's (its published bits/dim); one Rademacher probe is its trace."""
+    eps: float = 1e-5                       # the ODE starts at t = eps (sde.sampling_eps is 1e-3 for VP)
+    trace: str = "hutchinson-rademacher"    # or exact, hutchinson-gaussian, hutchinson-orthogonal
+    num_probes: int = 1
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    backend: str = "scipy"                  # scipy or torchdiffeq
+    method: Optional[str] = None            # None: RK45 (scipy) / dopri5 (torchdiffeq); an adaptive solver
+
+    def _check(self) -> None:
+        _choice("eval.likelihood", "trace", self.trace, LIKELIHOOD_TRACES)
+        _choice("eval.likelihood", "backend", self.backend, LIKELIHOOD_BACKENDS)
+        if not (isinstance(self.eps, float) and 0.0 < self.eps < 1.0):
+            raise ValueError(f"config.eval.likelihood.eps must be in (0, 1) (1e-5: the paper's protocol), "
+                             f"got {self.eps!r}")
+        _positive("eval.likelihood", num_probes=self.num_probes)
+        for name in ("rtol", "atol"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"config.eval.likelihood.{name} must be > 0, got {getattr(self, name)!r}")
+
+    def options(self) -> Dict[str, Any]:
+        """get_likelihood_fn's keyword arguments."""
+        method = self.method or ("RK45" if self.backend == "scipy" else "dopri5")
+        return {**self.to_dict(), "method": method}
+
+
 @dataclass(frozen=True)
 class EvalSpec(Section):
     begin_ckpt: Optional[int] = None        # training steps; both None: the newest checkpoint only
@@ -235,7 +284,7 @@ class EvalSpec(Section):
     enable_sampling: bool = False
     num_samples: int = 50000
     bpd_dataset: str = "test"
-    bpd_trace: str = "hutchinson-rademacher"
+    bpd_trace: Optional[str] = None         # deprecated alias of eval.likelihood.trace
     bpd_num_batches: int = 0                # 0: the whole split
     reference_split: str = "test"           # samples are compared with this split (SW2, FID)
     num_reference: int = 10000
@@ -243,11 +292,20 @@ class EvalSpec(Section):
     inception_path: Optional[str] = None
     import_ckpt: Optional[str] = None       # a score_sde_pytorch checkpoint to evaluate
     progress: bool = True                   # rank-0 progress bars over checkpoints, batches, samples
+    # issue 12: likelihood protocol, DDPM variational bound, repeated bits/dim passes
+    likelihood: LikelihoodSpec = field(default_factory=LikelihoodSpec)
+    enable_vlb: bool = False                # DDPM bound next to the ODE bits/dim (discrete VP models)
+    vlb_variance: Optional[str] = None      # None: learned with model.learned_variance, else beta (Ho et al.)
+    bpd_num_repeats: int = 1                # passes over the bits/dim data (the paper averages 5)
 
     def _check(self) -> None:
-        _positive("eval", batch_size=self.batch_size, num_samples=self.num_samples)
+        _positive("eval", batch_size=self.batch_size, num_samples=self.num_samples,
+                  bpd_num_repeats=self.bpd_num_repeats)
         _choice("eval", "bpd_dataset", self.bpd_dataset, SPLITS + ("eval",))
-        _choice("eval", "bpd_trace", self.bpd_trace, TRACES)
+        self._alias_bpd_trace()
+        if self.vlb_variance is not None:
+            _choice("eval", "vlb_variance", self.vlb_variance, VLB_VARIANCES)
+        _bools("eval", self, "enable_vlb")
         _choice("eval", "reference_split", self.reference_split, SPLITS)
         if isinstance(self.num_reference, bool) or not isinstance(self.num_reference, int) or self.num_reference < 2:
             raise ValueError(f"eval.num_reference={self.num_reference!r} must be an integer >= 2 "
@@ -259,6 +317,18 @@ class EvalSpec(Section):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
                 raise ValueError(f"config.eval.{name} must be a training step >= 0 or None, got {v!r}")
         _bools("eval", self, "enable_loss", "enable_bpd", "enable_sampling", "enable_fid", "progress")
+
+    def _alias_bpd_trace(self) -> None:
+        """eval.bpd_trace (old configs) sets eval.likelihood.trace, then reads None."""
+        if self.bpd_trace is None:
+            return
+        _choice("eval", "bpd_trace", self.bpd_trace, LIKELIHOOD_TRACES)
+        default = LikelihoodSpec.trace
+        if self.likelihood.trace not in (default, self.bpd_trace):
+            raise ValueError(f"config.eval.bpd_trace={self.bpd_trace!r} contradicts config.eval.likelihood.trace="
+                             f"{self.likelihood.trace!r}; set only eval.likelihood.trace")
+        object.__setattr__(self, "likelihood", dataclasses.replace(self.likelihood, trace=self.bpd_trace))
+        object.__setattr__(self, "bpd_trace", None)
 
     @property
     def steps_range(self) -> Optional[Tuple[int, Optional[int]]]:
@@ -289,6 +359,7 @@ class Spec(Section):
             raise ValueError(f"config.seed must be an integer, got {self.seed!r}")
         if self.device not in DEVICES:
             raise ValueError(f"config.device={self.device!r}; choose one of {DEVICES}")
+        check_likelihood_fields(self)  # issue 12
 
     @property
     def shape(self) -> Tuple[int, ...]:
@@ -366,6 +437,43 @@ def _check_top_level(config: Any) -> None:
     unknown = sorted(str(k) for k in keys if str(k) not in valid)
     if unknown:
         raise ValueError(f"config has unknown top-level key(s) {unknown}; valid keys: {sorted(valid)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 12: the training objective and the DDPM bound across sections
+# ----------------------------------------------------------------------------------------------
+def check_likelihood_fields(spec: "Spec") -> None:
+    """Combinations of the objective / bound fields that cannot work: one-line errors with the fix."""
+    tr, discrete_vp = spec.training, not spec.training.continuous and spec.training.sde == "vpsde"
+    weighting = tr.weighting or ("likelihood" if tr.likelihood_weighting else "eps")
+    if tr.likelihood_weighting and weighting != "likelihood":
+        raise ValueError(f"config.training.likelihood_weighting=True contradicts training.weighting={tr.weighting!r}; "
+                         f"set only one")
+    if not tr.continuous and (weighting == "likelihood" or tr.time_sampling != "uniform"):
+        raise ValueError(f"training.weighting={weighting!r} / training.time_sampling={tr.time_sampling!r} need "
+                         f"continuous time; set training.continuous=True (or weighting eps and uniform time)")
+    if spec.model.learned_variance and not discrete_vp:
+        raise ValueError("model.learned_variance trains reverse variances of the discrete VP chain; set "
+                         "training.sde='vpsde' and training.continuous=False, or model.learned_variance=False")
+    if spec.eval.enable_vlb and not discrete_vp:
+        raise ValueError("eval.enable_vlb computes the DDPM bound of a discrete VP model; set "
+                         "training.sde='vpsde' and training.continuous=False, or eval.enable_vlb=False")
+    if spec.eval.vlb_variance == "learned" and not spec.model.learned_variance:
+        raise ValueError("eval.vlb_variance='learned' needs a network with learned variances; set "
+                         "model.learned_variance=True or eval.vlb_variance='beta'")
+
+
+def step_options(spec: "Spec") -> Dict[str, Any]:
+    """losses.get_step_fn's objective keyword arguments (kind, weighting, time sampling, hybrid loss)."""
+    tr, data = spec.training, spec.data
+    out: Dict[str, Any] = dict(kind=tr.loss_kind, continuous=tr.continuous, reduce_mean=tr.reduce_mean,
+                               likelihood_weighting=tr.likelihood_weighting, prediction=spec.model.prediction,
+                               weighting=tr.weighting, time_sampling=tr.time_sampling)
+    if spec.model.learned_variance:
+        levels = data.get("num_levels") or 256
+        out.update(learned_variance=True, vlb_weight=tr.hybrid_lambda, num_levels=int(levels),
+                   data_scale=2.0 if data.centered else 1.0, data_shift=-1.0 if data.centered else 0.0)
+    return out
 
 
 def _field_hint(path: str) -> Any:
