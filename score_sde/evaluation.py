@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import builders, checkpoint, datasets, distributed, images, inception, likelihood, losses, metrics, report, workdir_lock
-from . import training
+from . import schedule_store, training
 from .models import compat
 from .models.ema import ExponentialMovingAverage
 from .pipeline import spec as spec_lib
@@ -400,7 +400,7 @@ def _checks(spec: Spec) -> None:
 def evaluate(config: Any, workdir: str, eval_folder: str = "eval", allow_fingerprint_mismatch: bool = False) -> None:
     """Evaluate the newest checkpoint, or every checkpoint with step in [eval.begin_ckpt, eval.end_ckpt]
     when a range is set, or eval.import_ckpt. Holds the eval folder's lock (score_sde.workdir_lock)."""
-    spec = as_spec(config)
+    spec = schedule_store.resolve(config, workdir)  # sampling.schedule="optimized" -> the stored file
     _checks(spec)
     ctx = _context(spec)
     try:
@@ -431,7 +431,7 @@ def _evaluate(ctx: _Context, workdir: str, eval_folder: str, allow_fingerprint_m
 def sample(config: Any, workdir: str, eval_folder: str = "eval", allow_fingerprint_mismatch: bool = False) -> str:
     """eval.num_samples samples from the newest checkpoint (or eval.import_ckpt) with the configured
     sampler: `<workdir>/<eval_folder>/sample_<step>/<method>_<tag>/` (samples.npz, samples.png, report.json)."""
-    ctx = _context(as_spec(config))
+    ctx = _context(schedule_store.resolve(config, workdir))  # sampling.schedule="optimized" -> the file
     try:
         with workdir_lock.hold_on_main(os.path.join(workdir, eval_folder), ctx.info):
             out = _sample(ctx, workdir, eval_folder, allow_fingerprint_mismatch)

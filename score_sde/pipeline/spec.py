@@ -202,6 +202,23 @@ class OptimSpec(Section):
 
 
 @dataclass(frozen=True)
+class ScheduleOptimizeSpec(Section):
+    """sampling.optimize (issue 13): how `--mode schedule` optimizes the schedule stored next to the
+    checkpoint (sampling.optimize_schedule; `sampling.schedule="optimized"` then loads it)."""
+    steps: Optional[int] = None             # levels to optimize; None: the sampler's `steps`
+    batch: int = 256                        # prior draws the error is averaged over
+    sweeps: int = 2                         # coordinate-descent passes over the interior levels
+    ref_steps: int = 200                    # DPM-Solver++(3M) levels of the reference solution
+
+    def _check(self) -> None:
+        _positive("sampling.optimize", batch=self.batch, sweeps=self.sweeps, ref_steps=self.ref_steps)
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
+                                       or self.steps < 3):
+            raise ValueError(f"config.sampling.optimize.steps={self.steps!r} must be an integer >= 3 "
+                             f"(or None: the sampler's steps)")
+
+
+@dataclass(frozen=True)
 class SamplingSpec(Section):
     """The sampler and the options it is given; options left out take the sampler's own defaults.
 
@@ -211,14 +228,20 @@ class SamplingSpec(Section):
     options: Mapping[str, Any] = field(default_factory=dict)
     progress: bool = False                  # a progress bar over the sampler's steps (rank 0)
     others: Mapping[str, Any] = field(default_factory=dict)
+    # issue 13: the stored optimized schedule (--mode schedule; sampling.schedule="optimized")
+    optimize: ScheduleOptimizeSpec = field(default_factory=ScheduleOptimizeSpec)
 
     def _check(self) -> None:
+        if isinstance(self.optimize, Mapping):
+            object.__setattr__(self, "optimize", _build(ScheduleOptimizeSpec, "sampling.optimize",
+                                                        dict(self.optimize)))
         object.__setattr__(self, "options", types.MappingProxyType(dict(self.options)))
         object.__setattr__(self, "others", types.MappingProxyType(dict(self.others)))
         check_sampler_options(self.method, self.options)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"method": self.method, **dict(self.others), **dict(self.options), "progress": self.progress}
+        return {"method": self.method, **dict(self.others), **dict(self.options), "progress": self.progress,
+                "optimize": self.optimize.to_dict()}
 
     def with_options(self, method: Optional[str] = None, **options: Any) -> "SamplingSpec":
         """This sampling with another method and/or explicit options (None: the sampler's default)."""
@@ -335,6 +358,9 @@ class Spec(Section):
                 top[section] = parse_field("", section, text)
                 if top[section] is None:
                     del top[section]
+            elif section == "sampling" and name.startswith("optimize."):
+                raws["sampling"].setdefault("optimize", {})[name[len("optimize."):]] = \
+                    parse_field("sampling", name, text)
             elif section == "sampling":
                 explicit[name] = parse_option(name, text)
             else:
@@ -378,7 +404,7 @@ def is_spec_field(path: str) -> bool:
     """True for dotted paths of spec fields ("seed", "eval.batch_size", nested sections' fields) and
     for sampling.<any sampler option>, sampling.method and sampling.progress."""
     section, _, name = path.partition(".")
-    if section == "sampling" and name:
+    if section == "sampling" and name and not name.startswith("optimize."):
         return name in sampler_option_types() or name in ("method", "progress")
     hint = _field_hint(path)
     return hint is not None and not _is_section(hint)
@@ -549,6 +575,8 @@ def resolve_sampling(file: Mapping[str, Any], explicit: Mapping[str, Any], progr
     method = str(explicit.get("method") or file_method)
     if explicit.get("progress") is not None:
         progress = explicit["progress"]
+    file = dict(file)
+    optimize = file.pop("optimize", None) or {}
     stray = sorted(set(file) - all_options - {"method", "progress"})
     if stray:
         raise ValueError(f"config.sampling has field(s) {stray} that no sampler takes; sampler options are "
@@ -562,7 +590,8 @@ def resolve_sampling(file: Mapping[str, Any], explicit: Mapping[str, Any], progr
     options.update({k: v for k, v in given.items() if v is not None})
     for k in [k for k, v in given.items() if v is None]:
         options.pop(k, None)
-    return SamplingSpec(method=method, options=options, progress=bool(progress or False), others=others)
+    return SamplingSpec(method=method, options=options, progress=bool(progress or False), others=others,
+                        optimize=optimize if isinstance(optimize, Section) else dict(optimize))
 
 
 def as_spec(config: Any) -> Spec:
