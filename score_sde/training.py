@@ -48,11 +48,12 @@ def read_settings(config: Any) -> TrainingSpec:
 
 
 def batch_iterator(ds: Dataset, global_batch: int, seed: int, start_step: int,
-                   info: distributed.DistInfo) -> Iterator[torch.Tensor]:
+                   info: distributed.DistInfo, num_workers: int = 0) -> Iterator[torch.Tensor]:
     """Endless iterator of this rank's batches from `start_step` on: its block of every global batch of
     the K-invariant data stream (distributed.StepBatches), items augmented by stream position."""
     sampler = distributed.StepBatches(len(ds), global_batch, seed, info, start_step)
-    return iter(DataLoader(distributed.KeyedItems(ds, seed), batch_sampler=sampler, num_workers=0))
+    return iter(DataLoader(distributed.KeyedItems(ds, seed), batch_sampler=sampler, num_workers=num_workers,
+                           persistent_workers=num_workers > 0))  # data.num_workers (issue 14)
 
 
 def eval_batch(ds: Dataset, batch: int, seed: int, step: int) -> torch.Tensor:
@@ -274,7 +275,7 @@ def _train(spec: Spec, workdir: str, s: TrainingSpec, info: distributed.DistInfo
     train_step = losses.get_step_fn(sde, train=True, optimize_fn=losses.optimization_manager(spec.optim), **common)
     eval_step = losses.get_step_fn(sde, train=False, **common)
 
-    batches = batch_iterator(train_ds, s.batch_size, seed, start, info)
+    batches = batch_iterator(train_ds, s.batch_size, seed, start, info, spec.data.num_workers)
     logger = Logger(workdir, info, start, s.n_iters, progress)
     try:
         while state["step"] < s.n_iters:

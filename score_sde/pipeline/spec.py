@@ -95,12 +95,24 @@ class DataSpec(Section):
     num_eval: int = 2000
     seed: int = 0
     eval_fraction: float = 0.1              # image_folder: held-out fraction
+    # issue 14: the image_prep cache, the paper's preprocessing, DataLoader workers
+    cache: Optional[str] = None             # image_prep .npy cache, read instead of the files (written
+                                            # once from `root` when missing)
+    preprocess: str = "crop_resize"         # how the cache is written: crop_resize | resize_small | box
+    num_workers: int = 0                    # DataLoader / cache-writing worker processes (0: in-process)
 
     def _check(self) -> None:
         from ..datasets import DATASETS
+        from ..image_prep import METHODS
         object.__setattr__(self, "dataset", str(self.dataset).lower())
         _choice("data", "dataset", self.dataset, DATASETS)
         _bools("data", self, "centered", "random_flip", "uniform_dequantization")
+        _choice("data", "preprocess", self.preprocess, METHODS)
+        if self.cache is not None and not str(self.cache).endswith(".npy"):
+            raise ValueError(f"config.data.cache={self.cache!r} must be an .npy file written by "
+                             f"python -m score_sde.image_prep (or None)")
+        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ValueError(f"config.data.num_workers must be an integer >= 0, got {self.num_workers!r}")
 
     @property
     def is_toy(self) -> bool:
@@ -266,9 +278,19 @@ class EvalSpec(Section):
     inception_path: Optional[str] = None
     import_ckpt: Optional[str] = None       # a score_sde_pytorch checkpoint to evaluate
     progress: bool = True                   # rank-0 progress bars over checkpoints, batches, samples
+    # issue 14: the FID protocol (reference statistics computed once per data set; IS and KID next to FID)
+    fid_stats: Optional[str] = None         # reference Inception features (.npz, cifar10_stats.npz layout):
+                                            # read when present, else computed once and written there
+    enable_is: bool = False                 # Inception Score of the samples (needs eval.inception_path)
+    enable_kid: bool = False                # Kernel Inception Distance to the reference
+    fid_rounding: str = "round"             # samples -> uint8 before Inception: round | floor (score_sde_pytorch)
 
     def _check(self) -> None:
         _positive("eval", batch_size=self.batch_size, num_samples=self.num_samples)
+        _bools("eval", self, "enable_is", "enable_kid")
+        _choice("eval", "fid_rounding", self.fid_rounding, ("round", "floor"))
+        if self.fid_stats is not None and not str(self.fid_stats).endswith(".npz"):
+            raise ValueError(f"config.eval.fid_stats={self.fid_stats!r} must be an .npz path (or None)")
         _choice("eval", "bpd_dataset", self.bpd_dataset, SPLITS + ("eval",))
         _choice("eval", "bpd_trace", self.bpd_trace, TRACES)
         _choice("eval", "reference_split", self.reference_split, SPLITS)
