@@ -287,6 +287,7 @@ def _reference_stats(ctx: _Context, net, fc, ref: torch.Tensor) -> Dict[str, Any
     if "inception_reference" not in ctx.data:
         images = lambda: metrics.to_uint8(ref)  # noqa: E731  bin centres round back to their exact levels
         if ev.fid_stats:
+            os.makedirs(os.path.dirname(os.path.abspath(str(ev.fid_stats))), exist_ok=True)
             ctx.data["inception_reference"] = inception.reference_stats(str(ev.fid_stats), net, images, fc,
                                                                         batch_size=ev.batch_size)
         else:
