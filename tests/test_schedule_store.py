@@ -63,6 +63,12 @@ def test_mode_schedule_stores_and_eval_loads(toy_workdir):
     (folder,) = [d for d in os.listdir(root) if d.startswith("unipc_")]
     rep = json.load(open(os.path.join(root, folder, "report.json")))
     assert rep["options"]["schedule"] == path and rep["nfe"] == 5
+    # score_sde.load(workdir).sample(..., schedule="optimized") finds the same file
+    import score_sde
+    exp = score_sde.load(toy_workdir, config=_unipc_config())
+    x = exp.sample(3, schedule="optimized", seed=1)
+    y = exp.sample(3, schedule=path, seed=1)
+    assert torch.equal(x, y)
 
 
 def test_optimized_without_file_is_a_clear_error(tmp_path):
