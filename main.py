@@ -51,7 +51,8 @@ if __name__ == "__main__":
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training/evaluation config file (configs/...).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, TensorBoard logs and samples.")
-flags.DEFINE_enum("mode", None, ["train", "eval", "sample"], "Running mode: train, eval or sample.")
+flags.DEFINE_enum("mode", None, ["train", "eval", "sample", "schedule"],
+                  "Running mode: train, eval, sample, or schedule (store the optimized sampling schedule).")
 flags.DEFINE_string("eval_folder", "eval", "Sub-folder of workdir for evaluation results (eval/sample modes).")
 flags.DEFINE_bool("progress", True, "Rank-0 progress bars for training, sampling, bits/dim and evaluation loops.")
 flags.DEFINE_bool("allow_fingerprint_mismatch", False, "Resume/evaluate/sample a checkpoint written under a "
@@ -87,6 +88,8 @@ def run(config, workdir: str, mode: str, eval_folder: str, overrides: Optional[D
         run_lib.train(spec, workdir, progress=progress, **allow)
     elif mode == "eval":
         run_lib.evaluate(spec, workdir, eval_folder, **allow)
+    elif mode == "schedule":
+        run_lib.schedule(spec, workdir)
     else:
         run_lib.sample(spec, workdir, eval_folder, **allow)
 

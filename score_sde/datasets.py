@@ -352,6 +352,26 @@ def _folder_datasets(config: Any) -> Tuple[Dataset, Dataset]:
             FileImageDataset([files[i] for i in ev], size, channels, deq, False))
 
 
+def _cached_datasets(config: Any) -> Tuple[Dataset, Dataset]:
+    """data.cache (issue 14): image_prep's .npy cache, written once from data.root (data.preprocess,
+    data.num_workers) when missing; split by data.eval_fraction as image_prep.cached_datasets does."""
+    from . import image_prep
+    d = config.data
+    path, root = str(d.cache), _opt(d, "root", None)
+    channels, size = int(_opt(d, "num_channels", 3)), int(_opt(d, "image_size", 32))
+    if not os.path.isfile(path) and root:
+        image_prep.build_cache(str(root), path, size, str(_opt(d, "preprocess", "crop_resize")), channels,
+                               int(_opt(d, "num_workers", 0)))
+    train, evals = image_prep.cached_datasets(path, float(_opt(d, "eval_fraction", 0.1)),
+                                              bool(_opt(d, "uniform_dequantization", False)),
+                                              bool(_opt(d, "random_flip", False)))
+    if train.shape != (channels, size, size) or int(_opt(d, "num_levels", 256)) != 256:
+        raise ValueError(f"data.cache {path} holds 8-bit images of shape {train.shape}, the config wants "
+                         f"{(channels, size, size)} with num_levels={_opt(d, 'num_levels', 256)}; set "
+                         f"data.num_channels/image_size/num_levels=256 to match or rebuild the cache")
+    return train, evals
+
+
 # ----------------------------------------------------------------------------------------------
 # Public API
 # ----------------------------------------------------------------------------------------------
@@ -362,6 +382,8 @@ def get_dataset(config: Any) -> Tuple[Dataset, Dataset]:
     name = _dataset_name(config)
     if name in TOY_DATASETS:
         return _toy_datasets(name, config)
+    if _opt(config.data, "cache", None):
+        return _cached_datasets(config)
     if name == "digits":
         return _digits_datasets(config)
     if name == "cifar10":

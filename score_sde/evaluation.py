@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import builders, checkpoint, datasets, distributed, images, inception, likelihood, losses, metrics, report, workdir_lock
-from . import shards, training
+from . import schedule_store, shards, training
 from .models import compat
 from .models.ema import ExponentialMovingAverage
 from .pipeline import spec as spec_lib
@@ -337,12 +337,45 @@ def _reference(ctx: _Context, name: str, limit: int) -> torch.Tensor:
     return torch.stack([ds[i] for i in range(min(len(ds), limit))])
 
 
-def _fid(ctx: _Context, x_data: torch.Tensor, ref: torch.Tensor) -> float:
+def _inception_enabled(spec: Spec) -> bool:
+    return spec.eval.enable_fid or spec.eval.enable_is or spec.eval.enable_kid
+
+
+def _reference_stats(ctx: _Context, net, fc, ref: torch.Tensor) -> Dict[str, Any]:
+    """The reference split's Inception features, computed once per data set (issue 14): from/to the
+    eval.fid_stats .npz when set (reused by every later run and checkpoint), else once per run."""
+    ev = ctx.config.eval
+    if "inception_reference" not in ctx.data:
+        images = lambda: metrics.to_uint8(ref)  # noqa: E731  bin centres round back to their exact levels
+        if ev.fid_stats:
+            os.makedirs(os.path.dirname(os.path.abspath(str(ev.fid_stats))), exist_ok=True)
+            ctx.data["inception_reference"] = inception.reference_stats(str(ev.fid_stats), net, images, fc,
+                                                                        batch_size=ev.batch_size)
+        else:
+            feats = inception.inception_features(net, images(), batch_size=ev.batch_size)
+            ctx.data["inception_reference"] = {"pool_3": feats.double().numpy()}
+    return ctx.data["inception_reference"]
+
+
+def inception_metrics(ctx: _Context, x_data: torch.Tensor, ref: torch.Tensor) -> Dict[str, float]:
+    """FID, Inception Score and KID as eval.enable_fid/enable_is/enable_kid ask, from one Inception pass
+    over the samples (uint8 by eval.fid_rounding, as the papers and common tools) and the cached reference."""
+    ev = ctx.config.eval
     net = inception.load_inception(check_inception_path(ctx.config), device=ctx.info.device)
-    # as the papers and common tools: Inception sees uint8 images (PNG levels), samples and data alike
-    feats = [inception.inception_features(net, metrics.to_uint8(x), batch_size=ctx.config.eval.batch_size,
-                                          progress=_bar(ctx, "f") is not None) for x in (x_data, ref)]
-    return float(metrics.fid_from_features(*feats))
+    feats = inception.inception_features(net, metrics.to_uint8(x_data, ev.fid_rounding), batch_size=ev.batch_size,
+                                         progress=_bar(ctx, "f") is not None)
+    fc = inception.load_inception_logits(str(ev.inception_path)) if ev.enable_is else None
+    out: Dict[str, float] = {}
+    if ev.enable_fid or ev.enable_kid:
+        reference = _reference_stats(ctx, net, fc, ref)
+        if ev.enable_fid:
+            out["fid"] = metrics.fid_to_reference(feats, reference)
+        if ev.enable_kid:
+            out["kid"] = metrics.kernel_inception_distance(feats, reference["pool_3"])
+    if ev.enable_is:
+        out["inception_score"], out["inception_score_std"] = metrics.inception_score(
+            inception.inception_logits(fc, feats))
+    return out
 
 
 REFERENCE_SPLITS = spec_lib.SPLITS
@@ -373,8 +406,8 @@ def sample_metrics(ctx: _Context, x_model: torch.Tensor, x_data: torch.Tensor) -
         out["sample_nll"] = float(-density.log_prob(x_model.double()).mean())
         out["data_nll"] = float(-density.log_prob(ref_model.double()).mean())
         out["delta_log_p"] = out["data_nll"] - out["sample_nll"]
-    if cfg.eval.enable_fid:
-        out["fid"] = _fid(ctx, x_data, ref)
+    if _inception_enabled(cfg):
+        out.update(inception_metrics(ctx, x_data, ref))
     return out
 
 
@@ -413,6 +446,10 @@ def sampling_job(ctx: _Context, folder: str, step: int, source: str, with_metric
     settings = {"sampler": method, "options": options, "num_samples": int(ctx.config.eval.num_samples),
                 "seed": ctx.seed, "checkpoint_step": step, "checkpoint_checksum": ctx.checkpoint_id,
                 "metrics": with_metrics, "fid": with_metrics and ctx.config.eval.enable_fid}
+    if with_metrics and _inception_enabled(ctx.config):  # issue 14: what the Inception metrics depend on
+        ev = ctx.config.eval
+        settings.update(inception={"is": ev.enable_is, "kid": ev.enable_kid, "rounding": ev.fid_rounding,
+                                   "fid_stats": ev.fid_stats})
     if with_metrics:  # a different reference is a different result: not skipped as already done
         settings["reference"] = [reference_split(ctx.config), num_reference(ctx.config)]
 
@@ -463,16 +500,16 @@ def evaluate_checkpoint(ctx: _Context, folder: str, step: int, source: str) -> N
 
 def _checks(spec: Spec) -> None:
     """Fail before any work on settings that would fail later (the spec checked the rest)."""
-    if spec.eval.enable_sampling and spec.eval.enable_fid:
+    if spec.eval.enable_sampling and _inception_enabled(spec):
         if spec.data.is_toy:
-            raise ValueError("eval.enable_fid applies to image data sets only; set eval.enable_fid=False")
+            raise ValueError("eval.enable_fid/enable_is/enable_kid apply to image data sets only; set them False")
         check_inception_path(spec)
 
 
 def evaluate(config: Any, workdir: str, eval_folder: str = "eval", allow_fingerprint_mismatch: bool = False) -> None:
     """Evaluate the newest checkpoint, or every checkpoint with step in [eval.begin_ckpt, eval.end_ckpt]
     when a range is set, or eval.import_ckpt. Holds the eval folder's lock (score_sde.workdir_lock)."""
-    spec = as_spec(config)
+    spec = schedule_store.resolve(config, workdir)  # sampling.schedule="optimized" -> the stored file
     _checks(spec)
     ctx = _context(spec)
     try:
@@ -503,7 +540,7 @@ def _evaluate(ctx: _Context, workdir: str, eval_folder: str, allow_fingerprint_m
 def sample(config: Any, workdir: str, eval_folder: str = "eval", allow_fingerprint_mismatch: bool = False) -> str:
     """eval.num_samples samples from the newest checkpoint (or eval.import_ckpt) with the configured
     sampler: `<workdir>/<eval_folder>/sample_<step>/<method>_<tag>/` (samples.npz, samples.png, report.json)."""
-    ctx = _context(as_spec(config))
+    ctx = _context(schedule_store.resolve(config, workdir))  # sampling.schedule="optimized" -> the file
     try:
         with workdir_lock.hold_on_main(os.path.join(workdir, eval_folder), ctx.info):
             out = _sample(ctx, workdir, eval_folder, allow_fingerprint_mismatch)

@@ -49,12 +49,14 @@ def read_settings(config: Any) -> TrainingSpec:
 
 
 def batch_iterator(ds: Dataset, global_batch: int, seed: int, start_step: int,
-                   info: distributed.DistInfo) -> Iterator[Tuple[torch.Tensor, data_stream.LossNoise]]:
+                   info: distributed.DistInfo, num_workers: int = 0
+                   ) -> Iterator[Tuple[torch.Tensor, data_stream.LossNoise]]:
     """Endless iterator of this rank's (batch, loss noise) from `start_step` on: its block of every global
     batch of the K-invariant data stream (data_stream.StepBatches), items augmented and their loss noise
-    drawn by stream position (data_stream.KeyedItems)."""
+    drawn by stream position (data_stream.KeyedItems); `num_workers` loader processes (data.num_workers)."""
     sampler = data_stream.StepBatches(len(ds), global_batch, seed, info, start_step)
-    loader = DataLoader(data_stream.KeyedItems(ds, seed, with_noise=True), batch_sampler=sampler, num_workers=0)
+    loader = DataLoader(data_stream.KeyedItems(ds, seed, with_noise=True), batch_sampler=sampler,
+                        num_workers=num_workers, persistent_workers=num_workers > 0)
     return map(data_stream.split_batch, loader)
 
 
@@ -302,7 +304,7 @@ def _train(spec: Spec, workdir: str, s: TrainingSpec, info: distributed.DistInfo
     train_step = losses.get_step_fn(sde, train=True, optimize_fn=losses.optimization_manager(spec.optim), **common)
     eval_step = losses.get_step_fn(sde, train=False, **common)
 
-    batches = batch_iterator(train_ds, s.batch_size, seed, start, info)
+    batches = batch_iterator(train_ds, s.batch_size, seed, start, info, spec.data.num_workers)
     logger = Logger(workdir, info, start, s.n_iters, progress)
     try:
         missing = snapshot_missing(workdir, s, start) if info.is_main else None  # rank 0's files decide

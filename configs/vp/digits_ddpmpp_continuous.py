@@ -14,8 +14,8 @@ def get_config():
     training.reduce_mean = True
 
     sampling = config.sampling
-    sampling.method = "ddim"  # 100 deterministic steps: seconds on a CPU (pc/euler_maruyama: 1000 steps)
-    sampling.steps = 100
+    sampling.method = "unipc"  # the recommended fast sampler (issue 13, docs/samplers.md): 20 network calls
+    sampling.steps = 20
     sampling.predictor = "euler_maruyama"  # for --config.sampling.method=pc
     sampling.corrector = "none"
 

@@ -6,7 +6,8 @@ def get_config():
     config = get_default_configs()
     config.training.sde = "vpsde"
     config.training.continuous = True
-    config.sampling.method = "pc"
+    config.sampling.method = "unipc"  # the recommended fast sampler (issue 13)
+    config.sampling.steps = 20
     config.sampling.predictor = "euler_maruyama"
     config.sampling.corrector = "none"
     config.model.label_scale = 1.0  # labels are t (N - 1) in [0, 999]

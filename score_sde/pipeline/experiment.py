@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .. import builders, checkpoint, datasets, likelihood, sde_lib
+from .. import builders, checkpoint, datasets, likelihood, schedule_store, sde_lib
 from ..evaluation import _bits_per_dim
 from ..models.ema import ExponentialMovingAverage
 from ..training import build_sampler
@@ -43,6 +43,8 @@ class Experiment:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"sample(n) needs a positive integer n, got {n!r}")
         spec = self.spec.replace(sampling=self.spec.sampling.with_options(method, **options))
+        if spec.sampling.options.get("schedule") == schedule_store.OPTIMIZED:  # the one --mode schedule stored
+            spec = schedule_store.resolve(spec, os.path.dirname(os.path.dirname(os.path.abspath(self.path))))
         sampler = build_sampler(spec, self.sde, (n, *spec.shape), device=self.device)
         if generator is None:
             generator = torch.Generator(device=self.device).manual_seed(self.spec.seed if seed is None else seed)

@@ -98,12 +98,24 @@ class DataSpec(Section):
     num_eval: int = 2000
     seed: int = 0
     eval_fraction: float = 0.1              # image_folder: held-out fraction
+    # issue 14: the image_prep cache, the paper's preprocessing, DataLoader workers
+    cache: Optional[str] = None             # image_prep .npy cache, read instead of the files (written
+                                            # once from `root` when missing)
+    preprocess: str = "crop_resize"         # how the cache is written: crop_resize | resize_small | box
+    num_workers: int = 0                    # DataLoader / cache-writing worker processes (0: in-process)
 
     def _check(self) -> None:
         from ..datasets import DATASETS
+        from ..image_prep import METHODS
         object.__setattr__(self, "dataset", str(self.dataset).lower())
         _choice("data", "dataset", self.dataset, DATASETS)
         _bools("data", self, "centered", "random_flip", "uniform_dequantization")
+        _choice("data", "preprocess", self.preprocess, METHODS)
+        if self.cache is not None and not str(self.cache).endswith(".npy"):
+            raise ValueError(f"config.data.cache={self.cache!r} must be an .npy file written by "
+                             f"python -m score_sde.image_prep (or None)")
+        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ValueError(f"config.data.num_workers must be an integer >= 0, got {self.num_workers!r}")
 
     @property
     def is_toy(self) -> bool:
@@ -217,6 +229,23 @@ class OptimSpec(Section):
 
 
 @dataclass(frozen=True)
+class ScheduleOptimizeSpec(Section):
+    """sampling.optimize (issue 13): how `--mode schedule` optimizes the schedule stored next to the
+    checkpoint (sampling.optimize_schedule; `sampling.schedule="optimized"` then loads it)."""
+    steps: Optional[int] = None             # levels to optimize; None: the sampler's `steps`
+    batch: int = 256                        # prior draws the error is averaged over
+    sweeps: int = 2                         # coordinate-descent passes over the interior levels
+    ref_steps: int = 200                    # DPM-Solver++(3M) levels of the reference solution
+
+    def _check(self) -> None:
+        _positive("sampling.optimize", batch=self.batch, sweeps=self.sweeps, ref_steps=self.ref_steps)
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
+                                       or self.steps < 3):
+            raise ValueError(f"config.sampling.optimize.steps={self.steps!r} must be an integer >= 3 "
+                             f"(or None: the sampler's steps)")
+
+
+@dataclass(frozen=True)
 class SamplingSpec(Section):
     """The sampler and the options it is given; options left out take the sampler's own defaults.
 
@@ -226,14 +255,20 @@ class SamplingSpec(Section):
     options: Mapping[str, Any] = field(default_factory=dict)
     progress: bool = False                  # a progress bar over the sampler's steps (rank 0)
     others: Mapping[str, Any] = field(default_factory=dict)
+    # issue 13: the stored optimized schedule (--mode schedule; sampling.schedule="optimized")
+    optimize: ScheduleOptimizeSpec = field(default_factory=ScheduleOptimizeSpec)
 
     def _check(self) -> None:
+        if isinstance(self.optimize, Mapping):
+            object.__setattr__(self, "optimize", _build(ScheduleOptimizeSpec, "sampling.optimize",
+                                                        dict(self.optimize)))
         object.__setattr__(self, "options", types.MappingProxyType(dict(self.options)))
         object.__setattr__(self, "others", types.MappingProxyType(dict(self.others)))
         check_sampler_options(self.method, self.options)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"method": self.method, **dict(self.others), **dict(self.options), "progress": self.progress}
+        return {"method": self.method, **dict(self.others), **dict(self.options), "progress": self.progress,
+                "optimize": self.optimize.to_dict()}
 
     def with_options(self, method: Optional[str] = None, **options: Any) -> "SamplingSpec":
         """This sampling with another method and/or explicit options (None: the sampler's default)."""
@@ -298,9 +333,20 @@ class EvalSpec(Section):
     vlb_variance: Optional[str] = None      # None: learned with model.learned_variance, else beta (Ho et al.)
     bpd_num_repeats: int = 1                # passes over the bits/dim data (the paper averages 5)
 
+    # issue 14: the FID protocol (reference statistics computed once per data set; IS and KID next to FID)
+    fid_stats: Optional[str] = None         # reference Inception features (.npz, cifar10_stats.npz layout):
+                                            # read when present, else computed once and written there
+    enable_is: bool = False                 # Inception Score of the samples (needs eval.inception_path)
+    enable_kid: bool = False                # Kernel Inception Distance to the reference
+    fid_rounding: str = "round"             # samples -> uint8 before Inception: round | floor (score_sde_pytorch)
+
     def _check(self) -> None:
         _positive("eval", batch_size=self.batch_size, num_samples=self.num_samples,
                   bpd_num_repeats=self.bpd_num_repeats)
+        _bools("eval", self, "enable_is", "enable_kid")
+        _choice("eval", "fid_rounding", self.fid_rounding, ("round", "floor"))
+        if self.fid_stats is not None and not str(self.fid_stats).endswith(".npz"):
+            raise ValueError(f"config.eval.fid_stats={self.fid_stats!r} must be an .npz path (or None)")
         _choice("eval", "bpd_dataset", self.bpd_dataset, SPLITS + ("eval",))
         self._alias_bpd_trace()
         if self.vlb_variance is not None:
@@ -407,6 +453,9 @@ class Spec(Section):
                 top[section] = parse_field("", section, text)
                 if top[section] is None:
                     del top[section]
+            elif section == "sampling" and name.startswith("optimize."):
+                raws["sampling"].setdefault("optimize", {})[name[len("optimize."):]] = \
+                    parse_field("sampling", name, text)
             elif section == "sampling":
                 explicit[name] = parse_option(name, text)
             else:
@@ -497,7 +546,7 @@ def is_spec_field(path: str) -> bool:
     """True for dotted paths of spec fields ("seed", "eval.batch_size", nested sections' fields) and
     for sampling.<any sampler option>, sampling.method and sampling.progress."""
     section, _, name = path.partition(".")
-    if section == "sampling" and name:
+    if section == "sampling" and name and not name.startswith("optimize."):
         return name in sampler_option_types() or name in ("method", "progress")
     hint = _field_hint(path)
     return hint is not None and not _is_section(hint)
@@ -668,6 +717,8 @@ def resolve_sampling(file: Mapping[str, Any], explicit: Mapping[str, Any], progr
     method = str(explicit.get("method") or file_method)
     if explicit.get("progress") is not None:
         progress = explicit["progress"]
+    file = dict(file)
+    optimize = file.pop("optimize", None) or {}
     stray = sorted(set(file) - all_options - {"method", "progress"})
     if stray:
         raise ValueError(f"config.sampling has field(s) {stray} that no sampler takes; sampler options are "
@@ -681,7 +732,8 @@ def resolve_sampling(file: Mapping[str, Any], explicit: Mapping[str, Any], progr
     options.update({k: v for k, v in given.items() if v is not None})
     for k in [k for k, v in given.items() if v is None]:
         options.pop(k, None)
-    return SamplingSpec(method=method, options=options, progress=bool(progress or False), others=others)
+    return SamplingSpec(method=method, options=options, progress=bool(progress or False), others=others,
+                        optimize=optimize if isinstance(optimize, Section) else dict(optimize))
 
 
 def as_spec(config: Any) -> Spec:
