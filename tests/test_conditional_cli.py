@@ -99,45 +99,56 @@ def test_unconditional_model_and_batches_unchanged():
 
 
 # ------------------------------------------------------------------------------------------ CLI
-def _main(workdir, mode, *extra):
-    cmd = [sys.executable, "main.py", "--config=configs/vp/digits_conditional.py", f"--workdir={workdir}",
-           f"--mode={mode}", "--noprogress", "--config.model.nf=16", "--config.model.num_scales=50",
-           "--config.training.batch_size=8", "--config.training.n_iters=2", "--config.training.log_freq=1",
-           "--config.training.eval_freq=1", "--config.training.snapshot_freq=2",
-           "--config.training.snapshot_sampling=False", "--config.sampling.steps=3", "--config.device=cpu",
-           "--config.eval.num_samples=20", *extra]
-    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+TINY = {"model.num_scales": "50", "training.batch_size": "8", "training.n_iters": "2",
+        "training.log_freq": "1", "training.eval_freq": "1", "training.snapshot_freq": "2",
+        "training.snapshot_sampling": "False", "sampling.steps": "3", "device": "cpu", "eval.num_samples": "20",
+        "classifier.n_iters": "2", "classifier.batch_size": "8", "inpaint.num_images": "3", "inpaint.steps": "3",
+        "inpaint.particles": "2"}
 
 
-def _ok(r):
-    assert r.returncode == 0, r.stderr[-2000:]
+def _run(workdir, mode, eval_folder="eval", **overrides):
+    """main.run in this process (the command line minus flag parsing; one subprocess test checks that)."""
+    import main
+    sys.path.insert(0, ROOT)
+    from configs.vp.digits_conditional import get_config
+    config = get_config()
+    config.model.nf = 16  # an architecture field: set on the config, as config_flags does
+    main.run(config, str(workdir), mode, eval_folder, {**TINY, **overrides}, progress=False)
+
+
+def _npz(folder):
+    (sub,) = os.listdir(folder)
+    return np.load(os.path.join(folder, sub, "samples.npz"))
 
 
 def test_cli_conditional_modes(tmp_path):
-    wd = str(tmp_path / "run")
-    _ok(_main(wd, "train"))
-    _ok(_main(wd, "sample"))
-    out = os.path.join(wd, "eval", "sample_2")
-    (folder,) = os.listdir(out)
-    npz = np.load(os.path.join(out, folder, "samples.npz"))
+    wd = tmp_path / "run"
+    _run(wd, "train")
+    _run(wd, "sample")  # label None: one row per class
+    npz = _npz(wd / "eval" / "sample_2")
     assert npz["samples"].shape == (20, 1, 8, 8) and npz["labels"].tolist() == sum([[c, c] for c in range(10)], [])
-    _ok(_main(wd, "sample", "--config.sampling.label=7", "--config.sampling.guidance=1.5", "--eval_folder=g"))
-    (folder,) = os.listdir(os.path.join(wd, "g", "sample_2"))
-    assert set(np.load(os.path.join(wd, "g", "sample_2", folder, "samples.npz"))["labels"]) == {7}
-    _ok(_main(wd, "train_classifier", "--config.classifier.n_iters=2", "--config.classifier.batch_size=8"))
-    assert os.path.isfile(os.path.join(wd, "classifier", "classifier.pth"))
-    _ok(_main(wd, "sample", "--config.sampling.label=1", f"--config.sampling.classifier={wd}", "--eval_folder=c"))
-    _ok(_main(wd, "inpaint", "--config.inpaint.num_images=3", "--config.inpaint.steps=3",
-              "--config.inpaint.particles=2", "--config.inpaint.mask=box"))
-    rep = json.load(open(os.path.join(wd, "eval", "inpaint_2", "smc_box", "report.json")))
-    assert rep["num_images"] == 3 and np.isfinite(rep["mse_unobserved"])
-    z = np.load(os.path.join(wd, "eval", "inpaint_2", "smc_box", "restored.npz"))
+    _run(wd, "sample", "g", **{"sampling.label": "7", "sampling.guidance": "1.5"})
+    assert set(_npz(wd / "g" / "sample_2")["labels"]) == {7}
+    _run(wd, "train_classifier")
+    assert os.path.isfile(wd / "classifier" / "classifier.pth")
+    _run(wd, "sample", "c", **{"sampling.label": "1", "sampling.classifier": str(wd)})
+    assert _npz(wd / "c" / "sample_2")["samples"].shape == (20, 1, 8, 8)
+    _run(wd, "inpaint", **{"inpaint.mask": "box"})
+    out = wd / "eval" / "inpaint_2" / "smc_box"
+    rep = json.load(open(out / "report.json"))
+    assert rep["num_images"] == 3 and np.isfinite(rep["mse_unobserved"]) and os.path.isfile(out / "grid.png")
+    z = np.load(out / "restored.npz")
     m = z["mask"].astype(bool)
     assert np.allclose(z["restored"][m], z["truth"][m], atol=1e-6)  # observed pixels kept
-    for extra, msg in ((["--config.sampling.label=10"], "choose a label < 10"),
-                       (["--mode=colorize"], "needs RGB data")):
-        r = _main(wd, "sample", *extra) if extra[0] != "--mode=colorize" else _main(wd, "colorize")
-        assert r.returncode == 1 and msg in r.stderr and r.stderr.count("\n") == 1, r.stderr[-500:]
+    with pytest.raises(ValueError, match="choose a label < 10"):
+        _run(wd, "sample", **{"sampling.label": "10"})
+    with pytest.raises(ValueError, match="needs RGB data"):
+        _run(wd, "colorize")
+    # the command line: the same error in one line, exit status 1
+    cmd = [sys.executable, "main.py", "--config=configs/vp/digits_conditional.py", f"--workdir={wd}",
+           "--mode=sample", "--config.model.nf=16", "--config.model.num_scales=50", "--config.sampling.label=10"]
+    r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "choose a label < 10" in r.stderr and r.stderr.count("\n") == 1, r.stderr[-500:]
 
 
 def test_guidance_on_an_unconditional_model_is_one_line_error():
