@@ -51,8 +51,9 @@ if __name__ == "__main__":
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training/evaluation config file (configs/...).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, TensorBoard logs and samples.")
-flags.DEFINE_enum("mode", None, ["train", "eval", "sample", "schedule"],
-                  "Running mode: train, eval, sample, or schedule (store the optimized sampling schedule).")
+flags.DEFINE_enum("mode", None, ["train", "eval", "sample", "schedule", "train_classifier", "inpaint", "colorize"],
+                  "Running mode: train, eval, sample; schedule (store the optimized sampling schedule); "
+                  "train_classifier, inpaint, colorize (docs/conditioning.md).")
 flags.DEFINE_string("eval_folder", "eval", "Sub-folder of workdir for evaluation results (eval/sample modes).")
 flags.DEFINE_bool("progress", True, "Rank-0 progress bars for training, sampling, bits/dim and evaluation loops.")
 flags.DEFINE_bool("allow_fingerprint_mismatch", False, "Resume/evaluate/sample a checkpoint written under a "
@@ -84,7 +85,10 @@ def run(config, workdir: str, mode: str, eval_folder: str, overrides: Optional[D
     if not progress:
         spec = spec.replace(eval={"progress": False})
     allow = {"allow_fingerprint_mismatch": bool(allow_fingerprint_mismatch)}
-    if mode == "train":
+    if mode in ("train_classifier", "inpaint", "colorize") or (mode == "sample" and _conditional(spec)):
+        from score_sde.pipeline import conditional  # issue 11: labels, guidance, inverse problems
+        conditional.run(spec, workdir, mode, eval_folder, progress=progress)
+    elif mode == "train":
         run_lib.train(spec, workdir, progress=progress, **allow)
     elif mode == "eval":
         run_lib.evaluate(spec, workdir, eval_folder, **allow)
@@ -92,6 +96,12 @@ def run(config, workdir: str, mode: str, eval_folder: str, overrides: Optional[D
         run_lib.schedule(spec, workdir)
     else:
         run_lib.sample(spec, workdir, eval_folder, **allow)
+
+
+def _conditional(spec) -> bool:
+    """True when sampling needs labels or guidance (a class-conditional model, a label, a guidance)."""
+    s = spec.sampling
+    return bool(spec.data.num_classes or s.label is not None or s.guidance or s.classifier)
 
 
 def main(argv) -> None:

@@ -143,10 +143,11 @@ class KeyedItems(torch.utils.data.Dataset):
         item = self.dataset[index]
         if not self.with_noise:
             return item
-        return (item, *item_noise(self.seed, position, tuple(item.shape)))
+        x = item[0] if isinstance(item, tuple) else item  # (image, label) for labelled data sets
+        return (item, *item_noise(self.seed, position, tuple(x.shape)))
 
 
 def split_batch(collated) -> Tuple[torch.Tensor, LossNoise]:
     """(batch, LossNoise) from a collated ``KeyedItems(..., with_noise=True)`` batch."""
     x, u, z, normal = collated
-    return x, LossNoise(u, z, normal)
+    return (tuple(x) if isinstance(x, list) else x), LossNoise(u, z, normal)

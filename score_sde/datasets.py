@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 CONFIG_KEYS = (
     "data.dataset", "data.root", "data.image_size", "data.num_channels", "data.num_levels",
     "data.uniform_dequantization", "data.random_flip", "data.centered", "data.eval_fraction",
-    "data.num_train", "data.num_eval", "data.seed",
+    "data.num_train", "data.num_eval", "data.seed", "data.num_classes",
 )
 TOY_DATASETS = ("toy_ring", "checkerboard", "moons", "swiss_roll")
 IMAGE_DATASETS = ("digits", "cifar10", "image_folder")
@@ -68,6 +68,28 @@ class PointDataset(Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return self.points[i]
+
+
+class LabeledDataset(Dataset):
+    """(item, label) pairs: an image data set and its class labels [N] (long), for data.num_classes.
+
+    `unlabeled` is the wrapped data set (the same items, same augmentation draws)."""
+
+    def __init__(self, unlabeled: Dataset, labels: torch.Tensor, num_classes: int):
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        if labels.shape != (len(unlabeled),):
+            raise ValueError(f"{len(unlabeled)} items but labels of shape {tuple(labels.shape)}")
+        if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+            raise ValueError(f"the data hold class labels up to {int(labels.max())} but config.data.num_classes="
+                             f"{num_classes}; set data.num_classes={int(labels.max()) + 1}")
+        self.unlabeled, self.labels, self.num_classes = unlabeled, labels, int(num_classes)
+        self.shape, self.num_levels = unlabeled.shape, unlabeled.num_levels
+
+    def __len__(self) -> int:
+        return len(self.unlabeled)
+
+    def __getitem__(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.unlabeled[i], self.labels[i]
 
 
 class _ImageDataset(Dataset):
@@ -193,6 +215,9 @@ def sample_toy(name: str, n: int, seed: int) -> torch.Tensor:
 
 def _toy_datasets(name: str, config: Any) -> Tuple[Dataset, Dataset]:
     d = config.data
+    if _num_classes(config) is not None:
+        raise ValueError(f"toy data set {name!r} has no class labels; unset data.num_classes (labelled toys: "
+                         f"score_sde.toy_conditional)")
     seed = int(_opt(d, "seed", 0))
     train = sample_toy(name, int(_opt(d, "num_train", 10000)), 2 * seed)
     evals = sample_toy(name, int(_opt(d, "num_eval", 2000)), 2 * seed + 1)
@@ -229,9 +254,11 @@ def _digits_datasets(config: Any) -> Tuple[Dataset, Dataset]:
     from sklearn.datasets import load_digits
 
     _check_geometry("digits", config, 1, 8, 17)
-    levels = torch.from_numpy(load_digits().images.astype(np.int64)).unsqueeze(1)  # [1797, 1, 8, 8], 0..16
+    digits = load_digits()
+    levels = torch.from_numpy(digits.images.astype(np.int64)).unsqueeze(1)  # [1797, 1, 8, 8], 0..16
     tr, ev = fixed_split(levels.shape[0], DIGITS_NUM_EVAL)
-    return _image_pair(levels, tr, ev, 17, config)
+    return _with_labels(_image_pair(levels, tr, ev, 17, config), torch.from_numpy(digits.target.astype(np.int64)),
+                        tr, ev, config)
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -247,6 +274,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
         return super().find_class(module, name)
+
+
+def _parse_cifar_labels(raw: bytes, where: str) -> torch.Tensor:
+    """The [N] class labels (0..9) of a CIFAR-10 batch (parsed and checked like its images)."""
+    _parse_cifar_batch(raw, where)
+    batch = _RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    return torch.tensor([int(v) for v in batch[b"labels"]], dtype=torch.long)
 
 
 def _parse_cifar_batch(raw: bytes, where: str) -> torch.Tensor:
@@ -277,8 +311,9 @@ def _cifar_source(root: str) -> Tuple[str, Optional[str]]:
         f"{CIFAR_DIR}/ holding {', '.join(CIFAR_TRAIN + CIFAR_TEST)}")
 
 
-def load_cifar10_levels(root: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    """uint8 (train [50000, 3, 32, 32], test [10000, 3, 32, 32]) from the python archive or folder."""
+def load_cifar10_levels(root: str, labels: bool = False) -> Tuple[torch.Tensor, ...]:
+    """uint8 (train [50000, 3, 32, 32], test [10000, 3, 32, 32]) from the python archive or folder;
+    labels=True adds their class labels (train [50000], test [10000], long)."""
     src, prefix = _cifar_source(root)
     names = CIFAR_TRAIN + CIFAR_TEST
     raws: Dict[str, bytes] = {}
@@ -310,15 +345,24 @@ def load_cifar10_levels(root: str) -> Tuple[torch.Tensor, torch.Tensor]:
                              f"{CIFAR_ARCHIVE}") from None
     train = torch.cat([_parse_cifar_batch(raws[n], f"{src}:{n}") for n in CIFAR_TRAIN])
     test = torch.cat([_parse_cifar_batch(raws[n], f"{src}:{n}") for n in CIFAR_TEST])
-    return train, test
+    if not labels:
+        return train, test
+    return (train, test, torch.cat([_parse_cifar_labels(raws[n], f"{src}:{n}") for n in CIFAR_TRAIN]),
+            torch.cat([_parse_cifar_labels(raws[n], f"{src}:{n}") for n in CIFAR_TEST]))
 
 
 def _cifar_datasets(config: Any) -> Tuple[Dataset, Dataset]:
     _check_geometry("cifar10", config, 3, 32, 256)
-    train, test = load_cifar10_levels(str(config.data.root))
+    if _num_classes(config) is None:
+        train, test = load_cifar10_levels(str(config.data.root))
+        classes = None
+    else:
+        train, test, *labels = load_cifar10_levels(str(config.data.root), labels=True)
+        classes = torch.cat(labels)
     levels = torch.cat([train, test])
     n = train.shape[0]
-    return _image_pair(levels, np.arange(n), np.arange(n, levels.shape[0]), 256, config)
+    tr, ev = np.arange(n), np.arange(n, levels.shape[0])
+    return _with_labels(_image_pair(levels, tr, ev, 256, config), classes, tr, ev, config)
 
 
 def find_images(root: str) -> List[str]:
@@ -348,8 +392,39 @@ def _folder_datasets(config: Any) -> Tuple[Dataset, Dataset]:
         raise ValueError(f"image folder {d.root!r} has {len(files)} image(s): need at least 2 for a train/eval split")
     tr, ev = fixed_split(len(files), num_eval)
     deq, flip = bool(_opt(d, "uniform_dequantization", False)), bool(_opt(d, "random_flip", False))
-    return (FileImageDataset([files[i] for i in tr], size, channels, deq, flip),
+    pair = (FileImageDataset([files[i] for i in tr], size, channels, deq, flip),
             FileImageDataset([files[i] for i in ev], size, channels, deq, False))
+    classes = folder_labels(str(d.root), files) if _num_classes(config) is not None else None
+    return _with_labels(pair, classes, tr, ev, config)
+
+
+def folder_labels(root: str, files: Sequence[str]) -> torch.Tensor:
+    """Class of each file: the index of its top-level subfolder of `root` in sorted order (one subfolder
+    per class, as torchvision's ImageFolder)."""
+    tops = [os.path.relpath(f, root).split(os.sep) for f in files]
+    loose = [f for f, parts in zip(files, tops) if len(parts) < 2]
+    if loose:
+        raise ValueError(f"image folder {root!r} has images outside class subfolders (e.g. {loose[0]}); with "
+                         f"data.num_classes set, put each class in its own subfolder")
+    names = sorted({parts[0] for parts in tops})
+    index = {n: i for i, n in enumerate(names)}
+    return torch.tensor([index[parts[0]] for parts in tops], dtype=torch.long)
+
+
+def _num_classes(config: Any) -> Optional[int]:
+    return _opt(config.data, "num_classes", None)
+
+
+def _with_labels(pair: Tuple[Dataset, Dataset], labels: Optional[torch.Tensor], tr: np.ndarray, ev: np.ndarray,
+                 config: Any) -> Tuple[Dataset, Dataset]:
+    """The (train, eval) pair as is without data.num_classes; else LabeledDatasets over `labels`."""
+    c = _num_classes(config)
+    if c is None:
+        return pair
+    if labels is None:
+        raise ValueError(f"data set {config.data.dataset!r} has no class labels; unset data.num_classes")
+    return (LabeledDataset(pair[0], labels[torch.from_numpy(tr)], c),
+            LabeledDataset(pair[1], labels[torch.from_numpy(ev)], c))
 
 
 def _cached_datasets(config: Any) -> Tuple[Dataset, Dataset]:

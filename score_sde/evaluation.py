@@ -160,7 +160,7 @@ def _split(spec: Spec, name: str, dequantize: bool = False):
     spec = as_spec(spec)
     if dequantize:
         spec = spec.replace(data={"uniform_dequantization": True, "random_flip": False})
-    train, evals = datasets.get_dataset(spec)
+    train, evals = datasets.get_dataset(spec.replace(data={"num_classes": None}))  # images only (issue 11)
     return train if name == "train" else evals
 
 

@@ -290,18 +290,29 @@ def get_step_fn(sde: SDE, *, train: bool, optimize_fn: Optional[Callable] = None
                              "training.continuous=False on a VP SDE, or learned_variance=False")
         likelihood.ddpm_chain(sde)  # a VP chain, or a clear error now rather than at the first step
 
-    def compute_loss(model, batch, is_train: bool, noise=None) -> torch.Tensor:
+    def compute_loss(model, batch, is_train: bool, noise=None, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         with autocast_context(batch.device, precision):
             if learned_variance:
                 fn = learned_variance_fn(sde, model, continuous=False, prediction=prediction, train=is_train)
                 return hybrid_loss(sde, fn, batch, vlb_weight=vlb_weight, reduce_mean=reduce_mean,
                                    num_levels=num_levels, data_scale=data_scale, data_shift=data_shift,
                                    noise=noise).float()
+            if labels is not None:  # a class-conditional network (issue 11): the batch's labels, null = dropped
+                from . import conditioning
+                cond = conditioning.conditional_score_fn(sde, model, continuous=continuous, prediction=prediction,
+                                                         train=is_train)
+                return loss_fn(conditioning.with_labels(cond, labels), batch, noise=noise).float()
             score_fn = parameterization.get_score_fn(sde, model, continuous=continuous,
                                                      prediction=prediction, train=is_train)
             return loss_fn(score_fn, batch, noise=noise).float()
 
-    def step_fn(state: Dict, batch: torch.Tensor, noise: Optional[Sequence[torch.Tensor]] = None) -> Dict[str, float]:
+    def step_fn(state: Dict, batch: torch.Tensor, noise: Optional[Sequence[torch.Tensor]] = None,
+                labels: Optional[torch.Tensor] = None) -> Dict[str, float]:
+        """noise: per-item loss draws (data_stream.LossNoise); labels: [B] class labels of a conditional
+        network's batch (None: unconditional)."""
+        if labels is not None and learned_variance:
+            raise ValueError("class labels with learned variances are not supported; unset data.num_classes "
+                             "or learned_variance")
         model = state["model"]
         if not train:
             ema = state["ema"]
@@ -309,13 +320,13 @@ def get_step_fn(sde: SDE, *, train: bool, optimize_fn: Optional[Callable] = None
             ema.copy_to(model.parameters())
             try:
                 with torch.no_grad():
-                    loss = compute_loss(model, batch, False, noise)
+                    loss = compute_loss(model, batch, False, noise, labels)
             finally:
                 ema.restore(model.parameters())
             return {"loss": float(loss)}
         optimizer = state["optimizer"]
         optimizer.zero_grad(set_to_none=True)
-        loss = compute_loss(model, batch, True, noise)
+        loss = compute_loss(model, batch, True, noise, labels)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss ({loss.item()}) at step {state['step']}; "
                                      "parameters were not updated - lower optim.lr or set optim.grad_clip")

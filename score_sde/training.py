@@ -60,11 +60,31 @@ def batch_iterator(ds: Dataset, global_batch: int, seed: int, start_step: int,
     return map(data_stream.split_batch, loader)
 
 
-def eval_batch(ds: Dataset, batch: int, seed: int, step: int) -> torch.Tensor:
-    """A batch of the evaluation set for the eval loss at `step` (pure function of seed and step)."""
+def eval_batch(ds: Dataset, batch: int, seed: int, step: int):
+    """A batch of the evaluation set for the eval loss at `step` (pure function of seed and step);
+    (images, labels) for a labelled data set (data.num_classes)."""
     g = torch.Generator().manual_seed(seed * 7919 + step)
     idx = torch.randperm(len(ds), generator=g)[: min(batch, len(ds))]
-    return torch.stack([ds[int(i)] for i in idx])
+    items = [ds[int(i)] for i in idx]
+    if isinstance(items[0], tuple):
+        return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
+    return torch.stack(items)
+
+
+def split_labels(batch: Any, spec: Spec, device: torch.device, train: bool, step: int = 0,
+                 seed: int = 0) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(images, labels or None) of a batch; training labels go to the null class with probability
+    training.label_dropout (a draw keyed by seed and step, the same on every rank count)."""
+    if not isinstance(batch, (tuple, list)):
+        return batch, None
+    x, y = batch
+    y = y.to(device)
+    p = spec.training.label_dropout
+    if train and p > 0:  # models.label.drop_labels' rule, with a generator keyed for resumable runs
+        g = torch.Generator().manual_seed(data_stream.keyed_seed(seed, 0x1AB, step))
+        drop = torch.rand(y.shape[0], generator=g) < p
+        y = torch.where(drop.to(device), torch.full_like(y, spec.data.num_classes), y)
+    return x, y
 
 
 # ----------------------------------------------------------------------------------------------
@@ -212,6 +232,11 @@ def snapshot_samples(spec: Spec, sde, state: Dict[str, Any], workdir: str, step:
     ema.copy_to(model.parameters())
     try:
         score_fn = builders.score_fn_from_model(spec, sde, model)
+        if spec.data.num_classes:  # a conditional model: row i of the grid is class i mod num_classes
+            from . import conditioning
+            cond = conditioning.conditional_score_fn(sde, model, continuous=spec.training.continuous,
+                                                     prediction=spec.model.prediction)
+            score_fn = conditioning.with_labels(cond, torch.arange(n, device=info.device) % spec.data.num_classes)
         g = torch.Generator(device=info.device).manual_seed(spec.seed * 104729 + step)
         with torch.no_grad():
             x, _ = sampler(score_fn, generator=g)
@@ -316,9 +341,10 @@ def _train(spec: Spec, workdir: str, s: TrainingSpec, info: distributed.DistInfo
             distributed.barrier(info)
         while state["step"] < s.n_iters:
             batch, noise = next(batches)  # loss noise keyed per item: the same for any process count
+            batch, labels = split_labels(batch, spec, info.device, True, state["step"], seed + info.rank)
             batch = distributed.to_memory_format(scaler(batch.to(info.device)), channels_last)
             data_stream.seed_step(seed, state["step"], info)  # dropout of this step/rank
-            stats = train_step(state, batch, noise.to(info.device))
+            stats = train_step(state, batch, noise.to(info.device), labels=labels)
             step = state["step"]
             check_grad_norm(stats, step, last_good)  # free; the full finite check runs before each save
             logger.advance(stats["loss"])
@@ -329,8 +355,10 @@ def _train(spec: Spec, workdir: str, s: TrainingSpec, info: distributed.DistInfo
             if step % s.eval_freq == 0:
                 with torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda" else []):
                     torch.manual_seed(distributed.rank_seed(seed * 31 + step, info.rank))
-                    eb = scaler(eval_batch(eval_ds, local_batch, seed + info.rank, step).to(info.device))
-                    logger.scalars(step, eval_step(state, eb), "eval/")
+                    eb, el = split_labels(eval_batch(eval_ds, local_batch, seed + info.rank, step), spec,
+                                          info.device, False)
+                    eb = scaler(eb.to(info.device))
+                    logger.scalars(step, eval_step(state, eb, labels=el), "eval/")
             saved_meta = step % s.snapshot_freq_for_preemption == 0
             if saved_meta:
                 last_good = save(state, spec, checkpoint.meta_checkpoint_path(workdir), info, last_good)

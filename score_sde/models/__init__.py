@@ -50,7 +50,10 @@ def get_model(config) -> nn.Module:
     name = str(config.model.name).lower()
     if name not in _MODELS:
         raise ValueError(f"unknown model.name {config.model.name!r}; registered models: {registered_models()}")
-    model = _MODELS[name](config)
+    data = config.get("data", None)
+    num_classes = data.get("num_classes", None) if data is not None else None
+    # unconditional: built exactly as before (same constructor call, same parameters, same state dict)
+    model = _MODELS[name](config) if num_classes is None else _MODELS[name](config, num_classes=num_classes)
     model.prediction = default_prediction(config)
     return model
 

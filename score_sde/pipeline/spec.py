@@ -103,12 +103,16 @@ class DataSpec(Section):
                                             # once from `root` when missing)
     preprocess: str = "crop_resize"         # how the cache is written: crop_resize | resize_small | box
     num_workers: int = 0                    # DataLoader / cache-writing worker processes (0: in-process)
+    # issue 11: class labels (None: unconditional; data sets then yield images only)
+    num_classes: Optional[int] = None
 
     def _check(self) -> None:
         from ..datasets import DATASETS
         from ..image_prep import METHODS
         object.__setattr__(self, "dataset", str(self.dataset).lower())
         _choice("data", "dataset", self.dataset, DATASETS)
+        if self.num_classes is not None:
+            _positive("data", num_classes=self.num_classes)
         _bools("data", self, "centered", "random_flip", "uniform_dequantization")
         _choice("data", "preprocess", self.preprocess, METHODS)
         if self.cache is not None and not str(self.cache).endswith(".npy"):
@@ -188,9 +192,14 @@ class TrainingSpec(Section):
     weighting: Optional[str] = None         # eps | likelihood | x0 | v | edm; None: eps (likelihood if likelihood_weighting)
     time_sampling: str = "uniform"          # uniform | importance (log sigma^2 uniform) | lognormal (EDM)
     hybrid_lambda: float = 1e-3             # improved DDPM's L_simple + lambda L_vlb (model.learned_variance)
+    # issue 11: probability of replacing a label by the null class (classifier-free training)
+    label_dropout: float = 0.0
 
     def _check(self) -> None:
         object.__setattr__(self, "sde", str(self.sde).lower())
+        if isinstance(self.label_dropout, bool) or not 0.0 <= self.label_dropout < 1.0:
+            raise ValueError(f"config.training.label_dropout={self.label_dropout!r} must lie in [0, 1) "
+                             f"(0.1-0.2 for classifier-free guidance)")
         object.__setattr__(self, "precision", str(self.precision).lower())
         if self.sde not in SDE_NAMES:
             raise ValueError(f"unknown training.sde {self.sde!r}; choose one of {SDE_NAMES}")
@@ -257,6 +266,10 @@ class SamplingSpec(Section):
     others: Mapping[str, Any] = field(default_factory=dict)
     # issue 13: the stored optimized schedule (--mode schedule; sampling.schedule="optimized")
     optimize: ScheduleOptimizeSpec = field(default_factory=ScheduleOptimizeSpec)
+    # issue 11: conditional sampling (not sampler options: score wrappers, score_sde/pipeline/conditional.py)
+    label: Optional[int] = None             # a class; None on a conditional model: a grid of every class
+    guidance: float = 0.0                   # classifier-free w, or the classifier-guidance scale
+    classifier: Optional[str] = None        # a workdir trained by --mode train_classifier: classifier guidance
 
     def _check(self) -> None:
         if isinstance(self.optimize, Mapping):
@@ -265,10 +278,15 @@ class SamplingSpec(Section):
         object.__setattr__(self, "options", types.MappingProxyType(dict(self.options)))
         object.__setattr__(self, "others", types.MappingProxyType(dict(self.others)))
         check_sampler_options(self.method, self.options)
+        if self.label is not None and (isinstance(self.label, bool) or not isinstance(self.label, int)
+                                       or self.label < 0):
+            raise ValueError(f"config.sampling.label must be a class index >= 0 or None, got {self.label!r}")
+        if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)) or self.guidance < 0:
+            raise ValueError(f"config.sampling.guidance must be a number >= 0, got {self.guidance!r}")
 
     def to_dict(self) -> Dict[str, Any]:
         return {"method": self.method, **dict(self.others), **dict(self.options), "progress": self.progress,
-                "optimize": self.optimize.to_dict()}
+                "optimize": self.optimize.to_dict(), **{k: getattr(self, k) for k in CONDITIONING_FIELDS}}
 
     def with_options(self, method: Optional[str] = None, **options: Any) -> "SamplingSpec":
         """This sampling with another method and/or explicit options (None: the sampler's default)."""
@@ -307,6 +325,54 @@ class LikelihoodSpec(Section):
         """get_likelihood_fn's keyword arguments."""
         method = self.method or ("RK45" if self.backend == "scipy" else "dopri5")
         return {**self.to_dict(), "method": method}
+
+
+# issue 11: regular SamplingSpec fields that are not sampler options
+CONDITIONING_FIELDS = ("label", "guidance", "classifier")
+CONDITIONING_TYPES = {"label": int, "guidance": float, "classifier": str}
+
+
+@dataclass(frozen=True)
+class InpaintSpec(Section):
+    """issue 11: --mode inpaint / colorize on held-out data (score_sde.conditioning.inpaint / colorize)."""
+    method: str = "smc"                     # smc (the exact-in-the-limit default) | pc (score_sde_pytorch's)
+    particles: int = 16                     # smc particles per image
+    steps: Optional[int] = None             # reverse steps; None: the SDE's num_scales
+    mask: str = "half"                      # half | box | random (score_sde.conditioning.make_mask)
+    mask_fraction: float = 0.5              # box: area restored; random: fraction observed
+    num_images: int = 16
+
+    def _check(self) -> None:
+        _choice("inpaint", "method", self.method, ("smc", "pc"))
+        _choice("inpaint", "mask", self.mask, ("half", "box", "random"))
+        _positive("inpaint", particles=self.particles, num_images=self.num_images)
+        if self.steps is not None:
+            _positive("inpaint", steps=self.steps)
+        if not 0.0 < self.mask_fraction < 1.0:
+            raise ValueError(f"config.inpaint.mask_fraction must lie in (0, 1), got {self.mask_fraction!r}")
+
+
+@dataclass(frozen=True)
+class ClassifierSpec(Section):
+    """issue 11: the noise-conditional classifier of --mode train_classifier (score_sde/models/classifier.py)."""
+    arch: str = "auto"                      # auto (mlp for toys, wideresnet for images) | mlp | wideresnet
+    depth: int = 10                         # wideresnet: 6k + 4 (28 in the paper)
+    widen_factor: int = 2                   # wideresnet (10 in the paper)
+    hidden: int = 256                       # mlp: width of its two hidden layers
+    lr: float = 1e-3
+    batch_size: int = 128
+    n_iters: int = 2000
+    log_freq: int = 100
+    eps: float = 1e-5                       # smallest training time
+
+    def _check(self) -> None:
+        _choice("classifier", "arch", self.arch, ("auto", "mlp", "wideresnet"))
+        _positive("classifier", depth=self.depth, widen_factor=self.widen_factor, hidden=self.hidden,
+                  batch_size=self.batch_size, n_iters=self.n_iters, log_freq=self.log_freq)
+        if (self.depth - 4) % 6 or self.depth < 10:
+            raise ValueError(f"config.classifier.depth={self.depth} must be 6k + 4 >= 10 (10, 16, 22, 28)")
+        if not self.lr > 0 or not 0 < self.eps < 1:
+            raise ValueError(f"config.classifier.lr must be > 0 and eps in (0, 1), got {self.lr!r}, {self.eps!r}")
 
 
 @dataclass(frozen=True)
@@ -385,7 +451,8 @@ class EvalSpec(Section):
 
 
 _SECTIONS = {"data": DataSpec, "model": ModelSpec, "training": TrainingSpec, "optim": OptimSpec,
-             "sampling": SamplingSpec, "eval": EvalSpec}
+             "sampling": SamplingSpec, "eval": EvalSpec,
+             "inpaint": InpaintSpec, "classifier": ClassifierSpec}  # issue 11
 
 
 @dataclass(frozen=True)
@@ -399,6 +466,8 @@ class Spec(Section):
     optim: OptimSpec = field(default_factory=OptimSpec)
     sampling: SamplingSpec = field(default_factory=SamplingSpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
+    inpaint: InpaintSpec = field(default_factory=InpaintSpec)           # issue 11
+    classifier: ClassifierSpec = field(default_factory=ClassifierSpec)  # issue 11
 
     def _check(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -547,7 +616,7 @@ def is_spec_field(path: str) -> bool:
     for sampling.<any sampler option>, sampling.method and sampling.progress."""
     section, _, name = path.partition(".")
     if section == "sampling" and name and not name.startswith("optimize."):
-        return name in sampler_option_types() or name in ("method", "progress")
+        return name in sampler_option_types() or name in ("method", "progress") + CONDITIONING_FIELDS
     hint = _field_hint(path)
     return hint is not None and not _is_section(hint)
 
@@ -680,7 +749,7 @@ _KIND = {int: "an integer", float: "a number", str: "a string", bool: "True or F
 
 def parse_option(name: str, text: str) -> Any:
     """A command-line string for sampling field `name` -> its value ('None': the sampler's default)."""
-    types_ = {**sampler_option_types(), "method": str, "progress": bool}
+    types_ = {**sampler_option_types(), "method": str, "progress": bool, **CONDITIONING_TYPES}
     if name not in types_:
         raise ValueError(f"unknown sampling option {name!r}; the samplers take {sorted(types_)}")
     if text.strip() == "None":
@@ -719,7 +788,8 @@ def resolve_sampling(file: Mapping[str, Any], explicit: Mapping[str, Any], progr
         progress = explicit["progress"]
     file = dict(file)
     optimize = file.pop("optimize", None) or {}
-    stray = sorted(set(file) - all_options - {"method", "progress"})
+    conditioning = {k: explicit[k] if k in explicit else file.get(k) for k in CONDITIONING_FIELDS}
+    stray = sorted(set(file) - all_options - {"method", "progress"} - set(CONDITIONING_FIELDS))
     if stray:
         raise ValueError(f"config.sampling has field(s) {stray} that no sampler takes; sampler options are "
                          f"{sorted(all_options)}")
@@ -727,13 +797,15 @@ def resolve_sampling(file: Mapping[str, Any], explicit: Mapping[str, Any], progr
     own = set(sampler_option_names(file_method)) if method != file_method else set()
     options = {k: v for k, v in file.items() if k in valid and k not in own and v is not None}
     others = {k: v for k, v in file.items() if k in all_options - valid - own and v is not None}
-    given = {k: v for k, v in explicit.items() if k not in ("method", "progress")}
+    given = {k: v for k, v in explicit.items() if k not in ("method", "progress") + CONDITIONING_FIELDS}
     check_sampler_options(method, given)
     options.update({k: v for k, v in given.items() if v is not None})
     for k in [k for k, v in given.items() if v is None]:
         options.pop(k, None)
+    conditioning = {k: _coerce("sampling", k, v, CONDITIONING_TYPES[k]) for k, v in conditioning.items()
+                    if v is not None}
     return SamplingSpec(method=method, options=options, progress=bool(progress or False), others=others,
-                        optimize=optimize if isinstance(optimize, Section) else dict(optimize))
+                        optimize=optimize if isinstance(optimize, Section) else dict(optimize), **conditioning)
 
 
 def as_spec(config: Any) -> Spec:
