@@ -19,12 +19,7 @@ from score_sde.pipeline.spec import Spec, is_spec_field
 from tests.test_datasets import _fake_cifar_batches, _write_cifar_folder
 from tests.test_training import ENV, ROOT, tiny
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
 
 
 def _spec(**data):

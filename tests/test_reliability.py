@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from score_sde.pipeline.spec import as_spec
+from tiny_configs import tiny
 from score_sde import (checkpoint, cli_errors, data_stream, datasets, evaluation, integrity, losses,
                        preemption, training, workdir_lock)
 
@@ -32,27 +33,9 @@ QUIET = ["--config.training.snapshot_sampling=False", "--config.training.eval_fr
          "--config.training.log_freq=100000", "--config.training.snapshot_freq=100000"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
 
 
-def tiny(name: str = "vp/toy_mlp_continuous", n_iters: int = 3):
-    import importlib
-
-    c = importlib.import_module("configs." + name.replace("/", ".")).get_config()
-    tr = c.training
-    tr.batch_size, tr.n_iters = 8, n_iters
-    tr.log_freq = tr.eval_freq = 100000
-    tr.snapshot_freq, tr.snapshot_freq_for_preemption = n_iters, 1
-    tr.snapshot_sampling = False
-    c.model.hidden_dims, c.model.embedding_dim = (16, 16), 8
-    c.data.num_train, c.data.num_eval = 64, 32
-    c.device = "cpu"
-    return c
 
 
 def cli(workdir, *extra, config=TOY):

@@ -7,35 +7,23 @@ import numpy as np
 import pytest
 import torch
 
+import tiny_configs
 from score_sde import checkpoint, data_stream, evaluation, losses, report, sde_lib, shards, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # configs/ is imported as a package, as main.py does
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
 
 
 def tiny(name: str = "vp/toy_mlp_continuous", n_iters: int = 2):
-    import importlib
-
-    c = importlib.import_module("configs." + name.replace("/", ".")).get_config()
-    tr = c.training
-    tr.batch_size, tr.n_iters = 8, n_iters
-    tr.log_freq = tr.eval_freq = 100000
-    tr.snapshot_freq, tr.snapshot_freq_for_preemption = n_iters, 1
-    tr.snapshot_sampling = False
-    c.model.hidden_dims, c.model.embedding_dim, c.model.num_scales = (16, 16), 8, 40
-    c.data.num_train, c.data.num_eval = 64, 32
+    """tiny_configs.tiny with 40 noise levels and small evaluation jobs."""
+    c = tiny_configs.tiny(name, n_iters)
+    c.model.num_scales = 40
     c.eval.num_samples, c.eval.batch_size = 10, 4
     c.eval.enable_loss = c.eval.enable_bpd = c.eval.enable_sampling = False
     c.eval.enable_fid = False
-    c.device = "cpu"
     return c
 
 

@@ -23,12 +23,7 @@ sys.path.insert(0, ROOT)  # configs/ is imported as a package, as main.py does
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
 
 
 def load_config(name: str):
