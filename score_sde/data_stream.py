@@ -2,11 +2,11 @@
 
 Randomness of training is keyed, not carried: every draw is seeded from (config.seed, what, where).
 Data order depends on (seed, epoch); an item's augmentation (dequantization noise, flips) and its loss
-noise (the time u, the normal for EDM's log-normal sigma, the perturbation z) depend on (seed, its
-global stream position p = step*B + rank*B/K + i). So the global batch of step s, and the noise each of
+noise (the time u, the normal for EDM's log-normal sigma, the perturbation z) and, for labelled data, its
+classifier-free label-dropout uniform depend on (seed, its global stream position p = step*B + rank*B/K + i). So the global batch of step s, and the noise each of
 its items gets, are the same for any number of processes K: K ranks reproduce one process on the same
 global batch up to the order of float additions (DDP averages the K per-chunk mean gradients = the
-full-batch mean gradient). Only dropout is keyed by (seed, step, rank) (`seed_step`): equality across K
+full-batch mean gradient). Only the network's dropout is keyed by (seed, step, rank) (`seed_step`): equality across K
 needs dropout 0, and otherwise holds in distribution. A run resumed at step s reproduces the
 uninterrupted run without restoring any RNG state, with any K.
 """
@@ -19,7 +19,7 @@ import torch
 from .distributed import DistInfo
 
 _MASK64 = (1 << 64) - 1
-STREAM_NOISE, STREAM_EPOCH, STREAM_ITEM, STREAM_LOSS = 1, 2, 3, 4
+STREAM_NOISE, STREAM_EPOCH, STREAM_ITEM, STREAM_LOSS, STREAM_LABEL = 1, 2, 3, 4, 5
 
 
 def _splitmix64(x: int) -> int:
@@ -48,13 +48,15 @@ def seed_step(seed: int, step: int, info: DistInfo) -> None:
 
 
 class LossNoise(NamedTuple):
-    """Per-item loss draws of a batch: u (B,) uniform time, z like the batch, normal (B,) for 'lognormal'."""
+    """Per-item loss draws of a batch: u (B,) uniform time, z like the batch, normal (B,) for 'lognormal';
+    drop (B,) uniforms deciding classifier-free label dropout (labelled data only, else None)."""
     u: torch.Tensor
     z: torch.Tensor
     normal: torch.Tensor
+    drop: Optional[torch.Tensor] = None
 
     def to(self, device, dtype: Optional[torch.dtype] = None) -> "LossNoise":
-        return LossNoise(*(v.to(device, dtype) for v in self))
+        return LossNoise(*(None if v is None else v.to(device, dtype) for v in self))
 
 
 def item_noise(seed: int, position: int, shape: Tuple[int, ...]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -63,6 +65,12 @@ def item_noise(seed: int, position: int, shape: Tuple[int, ...]) -> Tuple[torch.
     u = torch.rand((), generator=g)
     normal = torch.randn((), generator=g)
     return u, torch.randn(tuple(shape), generator=g), normal
+
+
+def item_drop(seed: int, position: int) -> torch.Tensor:
+    """The label-dropout uniform of the item at stream `position`, keyed (seed, STREAM_LABEL, position):
+    its label goes to the null class when it is below training.label_dropout, on any number of ranks."""
+    return torch.rand((), generator=torch.Generator().manual_seed(keyed_seed(seed, STREAM_LABEL, position)))
 
 
 def local_batch_size(global_batch: int, info: DistInfo) -> int:
@@ -127,7 +135,8 @@ class KeyedItems(torch.utils.data.Dataset):
     ``items[(position, index)]`` seeds torch's CPU generator from (seed, position) and returns
     ``dataset[index]``: the same item gets the same augmentation whichever rank, DataLoader worker or
     process count loads it. (It reseeds the CPU generator of the loading process; ``seed_step`` runs
-    after loading.) With ``with_noise`` it returns ``(item, u, z, normal)`` (``item_noise``), which the
+    after loading.) With ``with_noise`` it returns ``(item, u, z, normal)`` (``item_noise``), plus the
+    label-dropout uniform ``drop`` (``item_drop``) for a labelled ``(image, label)`` item, which the
     default collate turns into a batch and the per-item loss noise (see ``split_batch``).
     """
 
@@ -143,11 +152,13 @@ class KeyedItems(torch.utils.data.Dataset):
         item = self.dataset[index]
         if not self.with_noise:
             return item
-        x = item[0] if isinstance(item, tuple) else item  # (image, label) for labelled data sets
-        return (item, *item_noise(self.seed, position, tuple(x.shape)))
+        if not isinstance(item, tuple):
+            return (item, *item_noise(self.seed, position, tuple(item.shape)))
+        # (image, label) for labelled data sets: also the label-dropout draw
+        return (item, *item_noise(self.seed, position, tuple(item[0].shape)), item_drop(self.seed, position))
 
 
 def split_batch(collated) -> Tuple[torch.Tensor, LossNoise]:
     """(batch, LossNoise) from a collated ``KeyedItems(..., with_noise=True)`` batch."""
-    x, u, z, normal = collated
-    return (tuple(x) if isinstance(x, list) else x), LossNoise(u, z, normal)
+    x, *noise = collated
+    return (tuple(x) if isinstance(x, list) else x), LossNoise(*noise)

@@ -6,8 +6,8 @@ last step), checkpoints-meta/checkpoint.pth every training.snapshot_freq_for_pre
 tensorboard/ (loss, lr, grad_norm, eval loss, sample grids) and samples/iter_<step>/.
 
 Repeatable by construction, for any number of processes K (score_sde.data_stream): the data stream,
-each item's augmentation and its loss noise (t, z) are pure functions of (seed, stream position),
-shared by all K; only dropout of step s on rank r is seeded with (seed, s, r); evaluation/sampling run
+each item's augmentation, its loss noise (t, z) and its label-dropout draw are pure functions of (seed,
+stream position), shared by all K; only the network's dropout of step s on rank r is seeded with (seed, s, r); evaluation/sampling run
 inside a forked RNG. No RNG state has to be restored: a run killed at any point and restarted with the
 same K ends bitwise equal to an uninterrupted run, and K processes equal one process on the same global
 batch up to float summation order (dropout 0; with dropout, in distribution).
@@ -71,19 +71,22 @@ def eval_batch(ds: Dataset, batch: int, seed: int, step: int):
     return torch.stack(items)
 
 
-def split_labels(batch: Any, spec: Spec, device: torch.device, train: bool, step: int = 0,
-                 seed: int = 0) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """(images, labels or None) of a batch; training labels go to the null class with probability
-    training.label_dropout (a draw keyed by seed and step, the same on every rank count)."""
+def split_labels(batch: Any, spec: Spec, device: torch.device, train: bool,
+                 drop: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(images, labels or None) of a batch; a training label goes to the null class when its item's
+    keyed uniform `drop` (data_stream.item_drop, LossNoise.drop) is below training.label_dropout, so
+    the same items lose their labels on any number of ranks."""
     if not isinstance(batch, (tuple, list)):
         return batch, None
     x, y = batch
     y = y.to(device)
     p = spec.training.label_dropout
-    if train and p > 0:  # models.label.drop_labels' rule, with a generator keyed for resumable runs
-        g = torch.Generator().manual_seed(data_stream.keyed_seed(seed, 0x1AB, step))
-        drop = torch.rand(y.shape[0], generator=g) < p
-        y = torch.where(drop.to(device), torch.full_like(y, spec.data.num_classes), y)
+    if train and p > 0:  # models.label.drop_labels' rule, with the per-item keyed draw
+        if drop is None or drop.shape != y.shape:
+            got = None if drop is None else tuple(drop.shape)
+            raise ValueError(f"label dropout needs one keyed uniform per item (LossNoise.drop from data_stream."
+                             f"KeyedItems(..., with_noise=True)), got {got} for labels {tuple(y.shape)}")
+        y = torch.where(drop.to(device) < p, torch.full_like(y, spec.data.num_classes), y)
     return x, y
 
 
@@ -341,7 +344,7 @@ def _train(spec: Spec, workdir: str, s: TrainingSpec, info: distributed.DistInfo
             distributed.barrier(info)
         while state["step"] < s.n_iters:
             batch, noise = next(batches)  # loss noise keyed per item: the same for any process count
-            batch, labels = split_labels(batch, spec, info.device, True, state["step"], seed + info.rank)
+            batch, labels = split_labels(batch, spec, info.device, True, noise.drop)  # dropout keyed per item
             batch = distributed.to_memory_format(scaler(batch.to(info.device)), channels_last)
             data_stream.seed_step(seed, state["step"], info)  # dropout of this step/rank
             stats = train_step(state, batch, noise.to(info.device), labels=labels)

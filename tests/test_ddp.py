@@ -72,6 +72,45 @@ def test_keyed_items_tie_augmentation_to_stream_position():
     assert torch.equal(items[(5, 2)], a) and not torch.equal(a, b)
 
 
+def test_label_dropout_is_keyed_per_item_so_any_rank_split_drops_the_same_labels():
+    """Classifier-free training: the labels each step trains on (after dropout) and the loss noise of every
+    item are the same whether K = 1, 2 or 4 ranks load the global batch (the draws follow stream position)."""
+    from score_sde.pipeline.spec import Spec
+    from score_sde.training import split_labels
+
+    class Points(torch.utils.data.Dataset):
+        shape, num_levels = (2,), None
+
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            return torch.full((2,), float(i))
+
+    ds = datasets.LabeledDataset(Points(), torch.arange(10) % 3, num_classes=3)
+    spec = Spec.from_config({"training": {"label_dropout": 0.5}, "data": {"num_classes": 3}})
+    items, B = data_stream.KeyedItems(ds, SEED, with_noise=True), 8
+
+    def step_labels(world, step):
+        out = []
+        for r in range(world):
+            keys = data_stream.StepBatches(len(ds), B, SEED, info(r, world)).keys(step)
+            batch, noise = data_stream.split_batch(torch.utils.data.default_collate([items[k] for k in keys]))
+            x, y = split_labels(batch, spec, torch.device("cpu"), True, noise.drop)
+            out.append((x, y, noise.u, noise.z))
+        return [torch.cat(v) for v in zip(*out)]
+
+    dropped = 0
+    for step in range(5):
+        single = step_labels(1, step)
+        for world in (2, 4):
+            assert all(torch.equal(a, b) for a, b in zip(step_labels(world, step), single))
+        dropped += int((single[1] == 3).sum())
+    assert 0 < dropped < 5 * B  # the test can fail: some labels, not all, went to the null class
+    with pytest.raises(ValueError, match="one keyed uniform per item"):
+        split_labels((torch.zeros(2, 2), torch.zeros(2, dtype=torch.long)), spec, torch.device("cpu"), True)
+
+
 def test_seeds_differ_per_step_and_rank():
     seeds = {data_stream.step_seed(SEED, s, r) for s in range(50) for r in range(8)}
     assert len(seeds) == 400 and all(0 <= x < 2 ** 63 for x in seeds)
