@@ -4,6 +4,8 @@ Images come out as float32 [C, H, W] in [0, 1]. A pixel with integer level k in 
 ``(k + 0.5) / L`` (bin centre), or to ``(k + u) / L`` with u ~ U[0, 1) per value when
 ``config.data.uniform_dequantization`` is set, so the dequantized density lives on [0, 1]^D and
 bits/dim are well defined (Theis et al. 2016). 2-D toys come out as float32 [d].
+The entry points take a Spec, its DataSpec or a config (read once by the spec: every default,
+per-dataset geometry included, is the spec's); everything below them reads the typed DataSpec.
 Randomness inside ``__getitem__`` (flip, dequantization) uses torch's global RNG, so DataLoader
 worker seeding and checkpointed RNG state govern it.
 """
@@ -20,6 +22,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from .pipeline.spec import DataSpec, as_spec, dataset_geometry
 
 # every config key this module reads (documented in README.md, section Data)
 CONFIG_KEYS = (
@@ -39,16 +43,9 @@ CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_TEST = ("test_batch",)
 
 
-def _opt(cfg: Any, key: str, default: Any) -> Any:
-    """``cfg.key`` if present (ConfigDict or any attribute object), else ``default``."""
-    return getattr(cfg, key, default)
-
-
-def _dataset_name(config: Any) -> str:
-    name = str(config.data.dataset).lower()
-    if name not in DATASETS:
-        raise ValueError(f"unknown config.data.dataset {config.data.dataset!r}; choose one of {DATASETS}")
-    return name
+def _data(config: Any) -> DataSpec:
+    """The typed data section of a Spec, a DataSpec or a config (through the spec, once)."""
+    return config if isinstance(config, DataSpec) else as_spec(config).data
 
 
 # ----------------------------------------------------------------------------------------------
@@ -213,26 +210,25 @@ def sample_toy(name: str, n: int, seed: int) -> torch.Tensor:
     return TOY_SAMPLERS[name](int(n), torch.Generator().manual_seed(int(seed)))
 
 
-def _toy_datasets(name: str, config: Any) -> Tuple[Dataset, Dataset]:
-    d = config.data
-    if _num_classes(config) is not None:
-        raise ValueError(f"toy data set {name!r} has no class labels; unset data.num_classes (labelled toys: "
+def _toy_datasets(d: DataSpec) -> Tuple[Dataset, Dataset]:
+    if d.num_classes is not None:
+        raise ValueError(f"toy data set {d.dataset!r} has no class labels; unset data.num_classes (labelled toys: "
                          f"score_sde.toy_conditional)")
-    seed = int(_opt(d, "seed", 0))
-    train = sample_toy(name, int(_opt(d, "num_train", 10000)), 2 * seed)
-    evals = sample_toy(name, int(_opt(d, "num_eval", 2000)), 2 * seed + 1)
+    train = sample_toy(d.dataset, d.num_train, 2 * d.seed)
+    evals = sample_toy(d.dataset, d.num_eval, 2 * d.seed + 1)
     return PointDataset(train), PointDataset(evals)
 
 
 # ----------------------------------------------------------------------------------------------
 # Images
 # ----------------------------------------------------------------------------------------------
-def _check_geometry(name: str, config: Any, channels: int, size: int, levels: int) -> None:
-    d = config.data
-    got = (int(_opt(d, "num_channels", channels)), int(_opt(d, "image_size", size)),
-           int(_opt(d, "num_levels", levels)))
+def _check_geometry(d: DataSpec) -> None:
+    """A data set of fixed geometry (digits, CIFAR-10) is never resized: config.data must match it."""
+    want = dataset_geometry(d.dataset)
+    channels, size, levels = want["num_channels"], want["image_size"], want["num_levels"]
+    got = (d.num_channels, d.image_size, d.num_levels)
     if got != (channels, size, levels):
-        raise ValueError(f"{name} images are {channels} channel(s), {size}x{size}, {levels} levels; config.data "
+        raise ValueError(f"{d.dataset} images are {channels} channel(s), {size}x{size}, {levels} levels; config.data "
                          f"asks num_channels={got[0]}, image_size={got[1]}, num_levels={got[2]}: set "
                          f"num_channels={channels}, image_size={size}, num_levels={levels}")
 
@@ -243,22 +239,21 @@ def fixed_split(n: int, num_eval: int) -> Tuple[np.ndarray, np.ndarray]:
     return np.sort(perm[num_eval:]), np.sort(perm[:num_eval])
 
 
-def _image_pair(levels: torch.Tensor, tr: np.ndarray, ev: np.ndarray, num_levels: int, config: Any):
-    deq = bool(_opt(config.data, "uniform_dequantization", False))
-    flip = bool(_opt(config.data, "random_flip", False))
-    return (ArrayImageDataset(levels[torch.from_numpy(tr)], num_levels, deq, flip),
-            ArrayImageDataset(levels[torch.from_numpy(ev)], num_levels, deq, False))
+def _image_pair(levels: torch.Tensor, tr: np.ndarray, ev: np.ndarray, d: DataSpec):
+    """(train, eval) in-memory image sets of the checked geometry; only the train set is flipped."""
+    deq, flip = d.uniform_dequantization, d.random_flip
+    return (ArrayImageDataset(levels[torch.from_numpy(tr)], d.num_levels, deq, flip),
+            ArrayImageDataset(levels[torch.from_numpy(ev)], d.num_levels, deq, False))
 
 
-def _digits_datasets(config: Any) -> Tuple[Dataset, Dataset]:
+def _digits_datasets(d: DataSpec) -> Tuple[Dataset, Dataset]:
     from sklearn.datasets import load_digits
 
-    _check_geometry("digits", config, 1, 8, 17)
+    _check_geometry(d)
     digits = load_digits()
     levels = torch.from_numpy(digits.images.astype(np.int64)).unsqueeze(1)  # [1797, 1, 8, 8], 0..16
     tr, ev = fixed_split(levels.shape[0], DIGITS_NUM_EVAL)
-    return _with_labels(_image_pair(levels, tr, ev, 17, config), torch.from_numpy(digits.target.astype(np.int64)),
-                        tr, ev, config)
+    return _with_labels(_image_pair(levels, tr, ev, d), torch.from_numpy(digits.target.astype(np.int64)), tr, ev, d)
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -351,18 +346,18 @@ def load_cifar10_levels(root: str, labels: bool = False) -> Tuple[torch.Tensor, 
             torch.cat([_parse_cifar_labels(raws[n], f"{src}:{n}") for n in CIFAR_TEST]))
 
 
-def _cifar_datasets(config: Any) -> Tuple[Dataset, Dataset]:
-    _check_geometry("cifar10", config, 3, 32, 256)
-    if _num_classes(config) is None:
-        train, test = load_cifar10_levels(str(config.data.root))
+def _cifar_datasets(d: DataSpec) -> Tuple[Dataset, Dataset]:
+    _check_geometry(d)
+    if d.num_classes is None:
+        train, test = load_cifar10_levels(str(d.root))
         classes = None
     else:
-        train, test, *labels = load_cifar10_levels(str(config.data.root), labels=True)
+        train, test, *labels = load_cifar10_levels(str(d.root), labels=True)
         classes = torch.cat(labels)
     levels = torch.cat([train, test])
     n = train.shape[0]
     tr, ev = np.arange(n), np.arange(n, levels.shape[0])
-    return _with_labels(_image_pair(levels, tr, ev, 256, config), classes, tr, ev, config)
+    return _with_labels(_image_pair(levels, tr, ev, d), classes, tr, ev, d)
 
 
 def find_images(root: str) -> List[str]:
@@ -376,14 +371,13 @@ def find_images(root: str) -> List[str]:
     return sorted(found)
 
 
-def _folder_datasets(config: Any) -> Tuple[Dataset, Dataset]:
-    d = config.data
-    channels, size = int(_opt(d, "num_channels", 3)), int(_opt(d, "image_size", 32))
+def _folder_datasets(d: DataSpec) -> Tuple[Dataset, Dataset]:
+    channels, size = d.num_channels, d.image_size
     if channels not in (1, 3):
         raise ValueError(f"config.data.num_channels must be 1 (grey) or 3 (RGB) for image_folder, got {channels}")
-    if int(_opt(d, "num_levels", 256)) != 256:
+    if d.num_levels != 256:
         raise ValueError("image_folder images are 8-bit: set config.data.num_levels=256")
-    frac = float(_opt(d, "eval_fraction", 0.1))
+    frac = d.eval_fraction
     if not 0.0 < frac < 1.0:
         raise ValueError(f"config.data.eval_fraction must be in (0, 1), got {frac}")
     files = find_images(str(d.root))
@@ -391,11 +385,11 @@ def _folder_datasets(config: Any) -> Tuple[Dataset, Dataset]:
     if len(files) - num_eval < 1:
         raise ValueError(f"image folder {d.root!r} has {len(files)} image(s): need at least 2 for a train/eval split")
     tr, ev = fixed_split(len(files), num_eval)
-    deq, flip = bool(_opt(d, "uniform_dequantization", False)), bool(_opt(d, "random_flip", False))
+    deq, flip = d.uniform_dequantization, d.random_flip
     pair = (FileImageDataset([files[i] for i in tr], size, channels, deq, flip),
             FileImageDataset([files[i] for i in ev], size, channels, deq, False))
-    classes = folder_labels(str(d.root), files) if _num_classes(config) is not None else None
-    return _with_labels(pair, classes, tr, ev, config)
+    classes = folder_labels(str(d.root), files) if d.num_classes is not None else None
+    return _with_labels(pair, classes, tr, ev, d)
 
 
 def folder_labels(root: str, files: Sequence[str]) -> torch.Tensor:
@@ -411,38 +405,30 @@ def folder_labels(root: str, files: Sequence[str]) -> torch.Tensor:
     return torch.tensor([index[parts[0]] for parts in tops], dtype=torch.long)
 
 
-def _num_classes(config: Any) -> Optional[int]:
-    return _opt(config.data, "num_classes", None)
-
-
 def _with_labels(pair: Tuple[Dataset, Dataset], labels: Optional[torch.Tensor], tr: np.ndarray, ev: np.ndarray,
-                 config: Any) -> Tuple[Dataset, Dataset]:
+                 d: DataSpec) -> Tuple[Dataset, Dataset]:
     """The (train, eval) pair as is without data.num_classes; else LabeledDatasets over `labels`."""
-    c = _num_classes(config)
+    c = d.num_classes
     if c is None:
         return pair
     if labels is None:
-        raise ValueError(f"data set {config.data.dataset!r} has no class labels; unset data.num_classes")
+        raise ValueError(f"data set {d.dataset!r} has no class labels; unset data.num_classes")
     return (LabeledDataset(pair[0], labels[torch.from_numpy(tr)], c),
             LabeledDataset(pair[1], labels[torch.from_numpy(ev)], c))
 
 
-def _cached_datasets(config: Any) -> Tuple[Dataset, Dataset]:
+def _cached_datasets(d: DataSpec) -> Tuple[Dataset, Dataset]:
     """data.cache (issue 14): image_prep's .npy cache, written once from data.root (data.preprocess,
     data.num_workers) when missing; split by data.eval_fraction as image_prep.cached_datasets does."""
     from . import image_prep
-    d = config.data
-    path, root = str(d.cache), _opt(d, "root", None)
-    channels, size = int(_opt(d, "num_channels", 3)), int(_opt(d, "image_size", 32))
+    path, root = str(d.cache), d.root
+    channels, size = d.num_channels, d.image_size
     if not os.path.isfile(path) and root:
-        image_prep.build_cache(str(root), path, size, str(_opt(d, "preprocess", "crop_resize")), channels,
-                               int(_opt(d, "num_workers", 0)))
-    train, evals = image_prep.cached_datasets(path, float(_opt(d, "eval_fraction", 0.1)),
-                                              bool(_opt(d, "uniform_dequantization", False)),
-                                              bool(_opt(d, "random_flip", False)))
-    if train.shape != (channels, size, size) or int(_opt(d, "num_levels", 256)) != 256:
+        image_prep.build_cache(str(root), path, size, d.preprocess, channels, d.num_workers)
+    train, evals = image_prep.cached_datasets(path, d.eval_fraction, d.uniform_dequantization, d.random_flip)
+    if train.shape != (channels, size, size) or d.num_levels != 256:
         raise ValueError(f"data.cache {path} holds 8-bit images of shape {train.shape}, the config wants "
-                         f"{(channels, size, size)} with num_levels={_opt(d, 'num_levels', 256)}; set "
+                         f"{(channels, size, size)} with num_levels={d.num_levels}; set "
                          f"data.num_channels/image_size/num_levels=256 to match or rebuild the cache")
     return train, evals
 
@@ -454,28 +440,28 @@ def get_dataset(config: Any) -> Tuple[Dataset, Dataset]:
     """(train_ds, eval_ds) for ``config.data.dataset``; every item is a float32 tensor.
 
     Each returned data set has ``.shape`` (item shape) and ``.num_levels`` (None for toys)."""
-    name = _dataset_name(config)
-    if name in TOY_DATASETS:
-        return _toy_datasets(name, config)
-    if _opt(config.data, "cache", None):
-        return _cached_datasets(config)
-    if name == "digits":
-        return _digits_datasets(config)
-    if name == "cifar10":
-        return _cifar_datasets(config)
-    return _folder_datasets(config)
+    d = _data(config)
+    if d.dataset in TOY_DATASETS:
+        return _toy_datasets(d)
+    if d.cache:
+        return _cached_datasets(d)
+    if d.dataset == "digits":
+        return _digits_datasets(d)
+    if d.dataset == "cifar10":
+        return _cifar_datasets(d)
+    return _folder_datasets(d)
 
 
 def get_data_scaler(config: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     """Data -> model space: x -> 2x - 1 (maps [0, 1] to [-1, 1]) if config.data.centered, else identity."""
-    if bool(_opt(config.data, "centered", False)):
+    if _data(config).centered:
         return lambda x: x * 2.0 - 1.0
     return lambda x: x
 
 
 def get_data_inverse_scaler(config: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     """Model space -> data: the inverse of :func:`get_data_scaler`."""
-    if bool(_opt(config.data, "centered", False)):
+    if _data(config).centered:
         return lambda x: (x + 1.0) / 2.0
     return lambda x: x
 
@@ -484,9 +470,10 @@ def get_toy_density(config: Any):
     """The exact GaussianMixture of toy_ring in the scaled (model) space, else None.
 
     With centered data the scaler x -> 2x - 1 maps N(mu, S) to N(2 mu - 1, 4 S)."""
-    if _dataset_name(config) != "toy_ring":
+    d = _data(config)
+    if d.dataset != "toy_ring":
         return None
     gm = ring_density()
-    if not bool(_opt(config.data, "centered", False)):
+    if not d.centered:
         return gm
     return type(gm)(gm.weights, 2.0 * gm.means - 1.0, 4.0 * gm.covs)

@@ -97,6 +97,18 @@ def test_spec_round_trips_through_json():
     assert again == spec
 
 
+def test_unset_geometry_takes_the_data_sets_own():
+    """A partial config gets what its data set is (digits 1 x 8 x 8 at 17 levels; toys no levels);
+    a set field wins, and =None on the command line resets it to the data set's value."""
+    geometry = lambda s: (s.data.num_channels, s.data.image_size, s.data.num_levels)  # noqa: E731
+    assert geometry(Spec.from_config({"data": {"dataset": "digits"}})) == (1, 8, 17)
+    assert geometry(Spec.from_config({"data": {"dataset": "cifar10"}})) == (3, 32, 256)
+    assert geometry(Spec.from_config({"data": {"dataset": "moons"}}))[2] is None
+    assert geometry(Spec.from_config({"data": {"dataset": "image_folder", "image_size": 64}})) == (3, 64, 256)
+    reset = Spec.from_config({"data": {"dataset": "digits", "num_levels": 256}}, overrides={"data.num_levels": "None"})
+    assert geometry(reset) == (1, 8, 17) and Spec.from_config(reset.to_json()) == reset
+
+
 # ---------------------------------------------------------------------------------------------- train -> eval -> load
 def tiny_toy(tmp_path, *args: str) -> Spec:
     return spec_of(TOY, "--config.training.n_iters=3", "--config.training.snapshot_freq=3",

@@ -6,7 +6,7 @@
 Only this module (and main.py) reads a ConfigDict; everything below takes a `Spec` or typed arguments.
 Each section is a frozen dataclass; its field defaults are THE defaults (config files may omit any
 field). A section also answers `section.get(name, default)` so that code written against config
-sections (the model constructors, the data sets) reads the spec unchanged.
+sections (the model constructors) reads the spec unchanged.
 
 Adding a field: add it, with its type and default, to the section dataclass (and a check in its
 `_check`). Adding a section: write a frozen `Section` subclass and add it to `Spec` (`_SECTIONS`
@@ -83,13 +83,27 @@ def _bools(section: str, obj: Any, *names: str) -> None:
 # ----------------------------------------------------------------------------------------------
 # Sections
 # ----------------------------------------------------------------------------------------------
+# What data.num_channels / image_size / num_levels are when a config leaves them unset (None): the data
+# set's own geometry (digits are 8x8 grey with 17 levels; toys have no levels), else 32-px RGB 8-bit
+# (CIFAR-10; the resize target of image folders and caches).
+GEOMETRY_DEFAULTS: Dict[str, Any] = {"num_channels": 3, "image_size": 32, "num_levels": 256}
+DATASET_GEOMETRY: Dict[str, Dict[str, Any]] = {"digits": {"num_channels": 1, "image_size": 8, "num_levels": 17}}
+
+
+def dataset_geometry(dataset: str) -> Dict[str, Any]:
+    """(num_channels, image_size, num_levels) a data set gets for the fields its config leaves unset."""
+    from ..datasets import TOY_DATASETS
+    toy = {"num_levels": None} if dataset in TOY_DATASETS else {}
+    return {**GEOMETRY_DEFAULTS, **DATASET_GEOMETRY.get(dataset, {}), **toy}
+
+
 @dataclass(frozen=True)
 class DataSpec(Section):
     dataset: str = "cifar10"
     root: Optional[str] = None              # cifar10 / image_folder files
-    image_size: int = 32
-    num_channels: int = 3
-    num_levels: Optional[int] = 256         # None for continuous (toy) data
+    image_size: Optional[int] = None        # None: the data set's (dataset_geometry: 8 digits, else 32)
+    num_channels: Optional[int] = None      # None: the data set's (1 digits, else 3)
+    num_levels: Optional[int] = None        # None: the data set's (17 digits, 256 images, None for toys)
     centered: bool = False                  # model space [-1, 1] instead of [0, 1]
     random_flip: bool = False
     uniform_dequantization: bool = False
@@ -110,7 +124,11 @@ class DataSpec(Section):
         from ..datasets import DATASETS
         from ..image_prep import METHODS
         object.__setattr__(self, "dataset", str(self.dataset).lower())
-        _choice("data", "dataset", self.dataset, DATASETS)
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown config.data.dataset {self.dataset!r}; choose one of {DATASETS}")
+        for name, value in dataset_geometry(self.dataset).items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         if self.num_classes is not None:
             _positive("data", num_classes=self.num_classes)
         _bools("data", self, "centered", "random_flip", "uniform_dequantization")
@@ -657,6 +675,8 @@ def _section_items(config: Any, name: str) -> Dict[str, Any]:
     section = _read(config, name)
     if section is None:
         return {}
+    if not isinstance(section, Mapping) and not hasattr(section, "keys"):  # an attribute object
+        section = vars(section)
     return {str(k): _plain(section[k] if not isinstance(section, Mapping) else section.get(k))
             for k in list(section.keys())}
 
