@@ -1,11 +1,16 @@
-"""Sample-quality metrics: sliced Wasserstein-2 between point sets and the Fréchet (FID) distance."""
+"""Sample-quality metrics: sliced Wasserstein-2 between point sets, the Fréchet (FID) distance, IS and
+KID; and how evaluation scores a sample set against its reference split (sample-set metrics, the
+Inception metrics from local weights with cached reference features), all on plain tensors."""
 from __future__ import annotations
 
 import os
-from typing import Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
+
+from . import inception
+from .pipeline.spec import EvalSpec, as_spec
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -194,3 +199,72 @@ def load_reference_stats(path: str) -> dict:
 def fid_to_reference(features: ArrayLike, reference: dict) -> float:
     """FID between sample features [N, D] and a loaded reference (``load_reference_stats``)."""
     return fid_from_features(reference["pool_3"], features)
+
+
+# ----------------------------------------------------------------------------- a sample set against its reference
+def sliced_w2_to_reference(samples: torch.Tensor, reference: torch.Tensor, floor: torch.Tensor,
+                           seed: int) -> Dict[str, float]:
+    """Sliced W2 of the samples to the reference set, and its floor: the same distance for `floor`
+    (as many held-out items of the other split); both with directions drawn from `seed`."""
+    sw = lambda a: sliced_wasserstein(a, reference, generator=torch.Generator().manual_seed(seed))  # noqa: E731
+    return {"sliced_wasserstein": sw(samples), "sliced_wasserstein_floor": sw(floor)}
+
+
+def density_gap(log_prob: Callable[[torch.Tensor], torch.Tensor], samples: torch.Tensor,
+                reference: torch.Tensor) -> Dict[str, float]:
+    """With the exact log-density (toy_ring): the mean NLL of the samples and of the reference (same
+    space), and delta_log_p = data_nll - sample_nll (> 0: samples too concentrated; < 0: too diffuse)."""
+    sample_nll, data_nll = float(-log_prob(samples.double()).mean()), float(-log_prob(reference.double()).mean())
+    return {"sample_nll": sample_nll, "data_nll": data_nll, "delta_log_p": data_nll - sample_nll}
+
+
+def inception_enabled(ev: EvalSpec) -> bool:
+    """True when eval asks for any Inception metric (FID, IS or KID)."""
+    return ev.enable_fid or ev.enable_is or ev.enable_kid
+
+
+def check_inception_path(config: Any) -> str:
+    """eval.inception_path when eval.enable_fid; a clear error when it is unset or missing."""
+    path = (config if isinstance(config, EvalSpec) else as_spec(config).eval).inception_path
+    if not path or not os.path.isfile(str(path)):
+        raise FileNotFoundError(
+            f"eval.enable_fid needs local Inception weights but eval.inception_path={path!r} is not a file; "
+            f"set --config.eval.inception_path=/path/to/pt_inception-2015-12-05.pth or eval.enable_fid=False")
+    return str(path)
+
+
+def reference_features(ev: EvalSpec, net: torch.nn.Module, fc: Optional[torch.nn.Linear], reference: torch.Tensor,
+                       cache: Dict[Any, Any]) -> Dict[str, Any]:
+    """The reference split's Inception features, computed once per data set (issue 14): from/to the
+    eval.fid_stats .npz when set (reused by every later run and checkpoint), else once per run (`cache`)."""
+    if "inception_reference" not in cache:
+        images = lambda: to_uint8(reference)  # noqa: E731  bin centres round back to their exact levels
+        if ev.fid_stats:
+            os.makedirs(os.path.dirname(os.path.abspath(str(ev.fid_stats))), exist_ok=True)
+            cache["inception_reference"] = inception.reference_stats(str(ev.fid_stats), net, images, fc,
+                                                                     batch_size=ev.batch_size)
+        else:
+            feats = inception.inception_features(net, images(), batch_size=ev.batch_size)
+            cache["inception_reference"] = {"pool_3": feats.double().numpy()}
+    return cache["inception_reference"]
+
+
+def inception_metrics(samples: torch.Tensor, reference: torch.Tensor, ev: EvalSpec, device: Any,
+                      cache: Dict[Any, Any], progress: bool = False) -> Dict[str, float]:
+    """FID, Inception Score and KID as eval.enable_fid/enable_is/enable_kid ask, from one Inception pass
+    over the samples (data space, uint8 by eval.fid_rounding, as the papers and common tools) and the
+    reference features (`reference_features`, cached in `cache`)."""
+    net = inception.load_inception(check_inception_path(ev), device=device)
+    feats = inception.inception_features(net, to_uint8(samples, ev.fid_rounding), batch_size=ev.batch_size,
+                                         progress=progress)
+    fc = inception.load_inception_logits(str(ev.inception_path)) if ev.enable_is else None
+    out: Dict[str, float] = {}
+    if ev.enable_fid or ev.enable_kid:
+        ref = reference_features(ev, net, fc, reference, cache)
+        if ev.enable_fid:
+            out["fid"] = fid_to_reference(feats, ref)
+        if ev.enable_kid:
+            out["kid"] = kernel_inception_distance(feats, ref["pool_3"])
+    if ev.enable_is:
+        out["inception_score"], out["inception_score_std"] = inception_score(inception.inception_logits(fc, feats))
+    return out

@@ -17,7 +17,8 @@ from typing import Any, Dict, List
 
 import torch
 
-from . import checkpoint, workdir_lock
+from . import checkpoint, distributed, workdir_lock
+from .pipeline import eval_context
 from .pipeline import spec as spec_lib
 from .pipeline.spec import Spec, as_spec
 from .sampling import optimize, schedules
@@ -87,9 +88,8 @@ def store(path: str, result: Dict[str, Any], **meta: Any) -> None:
 
 def run_schedule(config: Any, workdir: str, allow_fingerprint_mismatch: bool = False) -> str:
     """`--mode schedule`: optimize the spec's sampler's schedule for the newest checkpoint; returns the path."""
-    from . import distributed, evaluation
     spec = as_spec(config)
-    ctx = evaluation._context(spec)
+    ctx = eval_context.build_context(spec)
     try:
         with workdir_lock.hold_on_main(os.path.join(workdir, "checkpoints"), ctx.info):
             imported = spec.eval.import_ckpt
@@ -97,8 +97,8 @@ def run_schedule(config: Any, workdir: str, allow_fingerprint_mismatch: bool = F
             if source is None:
                 raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints; train first (--mode train) "
                                         f"or set eval.import_ckpt")
-            step = evaluation.load_imported(ctx, source) if imported else \
-                evaluation.load_ema_weights(ctx, source, allow_fingerprint_mismatch)
+            step = eval_context.load_imported(ctx, source) if imported else \
+                eval_context.load_ema_weights(ctx, source, allow_fingerprint_mismatch)
             path = schedule_path(workdir, spec.sampling.method)
             if ctx.info.is_main:
                 with torch.no_grad():

@@ -14,9 +14,9 @@ from typing import Any, Callable, Optional
 import torch
 
 from .. import builders, checkpoint, datasets, likelihood, schedule_store, sde_lib
-from ..evaluation import _bits_per_dim
 from ..models.ema import ExponentialMovingAverage
 from ..training import build_sampler
+from . import eval_likelihood
 from .spec import Spec, as_spec
 
 
@@ -65,7 +65,7 @@ class Experiment:
         """Bits/dim of each item of a data-space batch (images in [0, 1], dequantized as the data sets
         yield them; toy points as drawn); nll options as in `nll`."""
         x = datasets.get_data_scaler(self.spec)(batch.to(self.device))
-        return _bits_per_dim(self.nll(x, **options).double(), self.spec, self.spec.shape)
+        return eval_likelihood.bits_per_dim(self.nll(x, **options).double(), self.spec, self.spec.shape)
 
 
 def load(path: str, *, config: Any = None, device: Any = None, ema: bool = True) -> Experiment:
