@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Tuple
 
 import torch
 
-from . import losses, parameterization, sde_lib
+from . import losses, parameterization, sampling, sde_lib
 from .distributed import unwrap
 from .models.ema import ExponentialMovingAverage
 from .pipeline import spec as spec_lib
@@ -130,3 +130,12 @@ def score_fn_from_model(config: Any, sde: sde_lib.SDE, model: torch.nn.Module) -
 def data_shape(config: Any) -> Tuple[int, ...]:
     """Shape of one data item: (dim,) for 2-D toy sets (data.dim), (C, H, W) for images."""
     return as_spec(config).shape
+
+
+def build_sampler(config: Any, sde, shape, device=None, dtype: torch.dtype = torch.float32) -> Callable:
+    """The spec's sampler for `shape` (batch first) on `device`; its options as the spec resolved them."""
+    spec = as_spec(config)
+    accepted = sampling.sampler_options(spec.sampling.method)
+    runtime = {"device": device, "dtype": dtype, "progress": spec.sampling.progress}
+    return sampling.get_sampler(spec.sampling.method, sde, shape, **dict(spec.sampling.options),
+                                **{k: v for k, v in runtime.items() if k in accepted})

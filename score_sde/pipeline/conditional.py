@@ -17,9 +17,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import numpy as np
 import torch
 
-from .. import checkpoint, classifier as classifier_lib, conditioning, datasets, images, report
+from .. import builders, checkpoint, classifier as classifier_lib, conditioning, datasets, images, report
 from ..atomic import atomic_write
-from ..training import build_sampler
 from .experiment import Experiment, load
 from .spec import Spec
 
@@ -99,7 +98,7 @@ def sample(spec: Spec, workdir: str, eval_folder: str = "eval") -> str:
     xs, nfes, start = [], [], time.perf_counter()
     for first in range(0, len(labels), spec.eval.batch_size):
         y = labels[first:first + spec.eval.batch_size].to(exp.device)
-        sampler = build_sampler(spec, exp.sde, (len(y), *spec.shape), device=exp.device)
+        sampler = builders.build_sampler(spec, exp.sde, (len(y), *spec.shape), device=exp.device)
         with torch.set_grad_enabled(clf is not None):
             x, nfe = sampler(guided_score(exp, spec, y, clf), generator=g)
         xs.append(x.detach().float().cpu())
@@ -153,7 +152,6 @@ def _labelled(spec: Spec, split: int) -> Tuple[torch.Tensor, torch.Tensor]:
 def train_classifier(spec: Spec, workdir: str) -> str:
     """Train p_t(c | x_t) on the training split (classifier_loss, t ~ U(eps, T)); held-out accuracy at t = eps
     and at the middle time; writes <workdir>/classifier/classifier.pth and report.json."""
-    from .. import builders
     k, c = spec.classifier, spec.data.num_classes
     x, y = _labelled(spec, 0)
     sde = builders.sde_from_config(spec)

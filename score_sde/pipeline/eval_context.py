@@ -15,10 +15,11 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 from tqdm.auto import tqdm
 
-from .. import builders, checkpoint, datasets, distributed, report, training
+from .. import builders, checkpoint, datasets, distributed, report
 from ..models import compat
 from ..models.ema import ExponentialMovingAverage
 from .spec import Spec, as_spec
+from .train_state import fingerprint_fields
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def load_ema_weights(ctx: EvalContext, path: str, allow_fingerprint_mismatch: bo
     """Load our checkpoint (weights-only, checksum and config fingerprint checked) and put its EMA
     weights into the model; returns its step."""
     ckpt = checkpoint.load_checkpoint(path, map_location="cpu",
-                                      fingerprint_fields=training.fingerprint_fields(ctx.config),
+                                      fingerprint_fields=fingerprint_fields(ctx.config),
                                       allow_fingerprint_mismatch=allow_fingerprint_mismatch)
     builders.load_state(ctx.state, ckpt, path)
     ctx.checkpoint_id = checkpoint.content_id(path, ckpt)

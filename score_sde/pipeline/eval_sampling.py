@@ -6,11 +6,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .. import datasets, distributed, images, metrics, report, shards, training
+from .. import builders, datasets, distributed, images, metrics, report, shards
 from . import spec as spec_lib
 from .eval_context import EvalContext, run_once
 from .spec import as_spec
@@ -27,10 +27,7 @@ def sampler_settings(config: Any, sde=None) -> Tuple[str, Dict[str, Any]]:
     return method, {**spec_lib.sampler_defaults(method), **dict(spec.sampling.options)}
 
 
-def sampler_from_config(config: Any, sde, shape: Sequence[int], device: Any = None,
-                        dtype: torch.dtype = torch.float32) -> Callable:
-    """The spec's sampler (sampling.method with the options it was given) for `shape`."""
-    return training.build_sampler(as_spec(config), sde, shape, device=device, dtype=dtype)
+sampler_from_config = builders.build_sampler  # the spec's sampler for a shape (evaluation's old name)
 
 
 def draw_samples(ctx: EvalContext, store: Optional[shards.ShardStore] = None
@@ -46,7 +43,7 @@ def draw_samples(ctx: EvalContext, store: Optional[shards.ShardStore] = None
     def batch(j: int) -> Dict[str, torch.Tensor]:
         b = min(bs, total - j * bs)
         if b not in samplers:
-            samplers[b] = sampler_from_config(cfg, ctx.sde, (b, *ctx.shape), device=info.device)
+            samplers[b] = builders.build_sampler(cfg, ctx.sde, (b, *ctx.shape), device=info.device)
         with torch.no_grad():
             x, nfe = samplers[b](score_fn, generator=shards.batch_generator(ctx.seed, shards.STREAM_SAMPLES, j))
         return {"x": x.detach().float(), "nfe": torch.tensor([float(nfe)], dtype=torch.float64)}

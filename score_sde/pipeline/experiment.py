@@ -15,7 +15,6 @@ import torch
 
 from .. import builders, checkpoint, datasets, likelihood, schedule_store, sde_lib
 from ..models.ema import ExponentialMovingAverage
-from ..training import build_sampler
 from . import eval_likelihood
 from .spec import Spec, as_spec
 
@@ -45,7 +44,7 @@ class Experiment:
         spec = self.spec.replace(sampling=self.spec.sampling.with_options(method, **options))
         if spec.sampling.options.get("schedule") == schedule_store.OPTIMIZED:  # the one --mode schedule stored
             spec = schedule_store.resolve(spec, os.path.dirname(os.path.dirname(os.path.abspath(self.path))))
-        sampler = build_sampler(spec, self.sde, (n, *spec.shape), device=self.device)
+        sampler = builders.build_sampler(spec, self.sde, (n, *spec.shape), device=self.device)
         if generator is None:
             generator = torch.Generator(device=self.device).manual_seed(self.spec.seed if seed is None else seed)
         with torch.no_grad():
