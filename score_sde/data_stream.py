@@ -1,12 +1,13 @@
 """The keyed training data stream: which items, augmentation and loss noise each optimizer step sees.
 
 Randomness of training is keyed, not carried: every draw is seeded from (config.seed, what, where).
-Data order depends on (seed, epoch); an item's augmentation (dequantization noise, flips) and its loss
-noise (the time u, the normal for EDM's log-normal sigma, the perturbation z) and, for labelled data, its
-classifier-free label-dropout uniform depend on (seed, its global stream position p = step*B + rank*B/K + i). So the global batch of step s, and the noise each of
-its items gets, are the same for any number of processes K: K ranks reproduce one process on the same
-global batch up to the order of float additions (DDP averages the K per-chunk mean gradients = the
-full-batch mean gradient). Only the network's dropout is keyed by (seed, step, rank) (`seed_step`): equality across K
+Data order depends on (seed, epoch); an item's augmentation (dequantization noise, flips), its loss
+noise (the time u, the normal for EDM's log-normal sigma, the perturbation z) and, for labelled data,
+its classifier-free label-dropout uniform depend on (seed, its global stream position
+p = step*B + rank*B/K + i). So the global batch of step s, and the noise each of its items gets, are
+the same for any number of processes K: K ranks reproduce one process on the same global batch up to
+the order of float additions (DDP averages the K per-chunk mean gradients = the full-batch mean
+gradient). Only the network's dropout is keyed by (seed, step, rank) (`seed_step`): equality across K
 needs dropout 0, and otherwise holds in distribution. A run resumed at step s reproduces the
 uninterrupted run without restoring any RNG state, with any K.
 """

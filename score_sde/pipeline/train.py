@@ -8,9 +8,10 @@ tensorboard/ (loss, lr, grad_norm, eval loss, sample grids) and samples/iter_<st
 Repeatable by construction, for any number of processes K (score_sde.data_stream): the data stream,
 each item's augmentation, its loss noise (t, z) and its label-dropout draw are pure functions of (seed,
 stream position), shared by all K; only the network's dropout of step s on rank r is seeded with
-(seed, s, r); evaluation/sampling run inside a forked RNG. No RNG state has to be restored: a run killed at any point and restarted with the
-same K ends bitwise equal to an uninterrupted run, and K processes equal one process on the same global
-batch up to float summation order (dropout 0; with dropout, in distribution).
+(seed, s, r); evaluation/sampling run inside a forked RNG. No RNG state has to be restored: a run
+killed at any point and restarted with the same K ends bitwise equal to an uninterrupted run, and K
+processes equal one process on the same global batch up to float summation order (network dropout 0;
+with it, in distribution).
 
 The checkpoint side lives in train_state (save, resume, finite checks), logging and snapshot samples
 in train_report; `score_sde.training` re-exports all of it under the old names.
