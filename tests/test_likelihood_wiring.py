@@ -75,9 +75,9 @@ def test_load_takes_its_nll_defaults_from_eval_likelihood(tmp_path, monkeypatch)
     calls = _recording(monkeypatch)
     x = torch.zeros(2, 2)
     exp.nll(x)
-    exp.nll(x, eps=1e-2, trace="hutchinson-gaussian")
-    assert (calls[0]["eps"], calls[0]["trace"], calls[0]["rtol"]) == (1e-3, "exact", 1e-3)
-    assert (calls[1]["eps"], calls[1]["trace"]) == (1e-2, "hutchinson-gaussian")
+    exp.nll(x, eps=1e-2, trace="hutchinson-gaussian", nodes=64)
+    assert (calls[0]["eps"], calls[0]["trace"], calls[0]["rtol"], calls[0]["nodes"]) == (1e-3, "exact", 1e-3, None)
+    assert (calls[1]["eps"], calls[1]["trace"], calls[1]["nodes"]) == (1e-2, "hutchinson-gaussian", 64)
 
 
 def test_bpd_trace_is_an_alias_of_eval_likelihood_trace():
@@ -102,6 +102,7 @@ def test_bpd_trace_is_an_alias_of_eval_likelihood_trace():
     (dict(eval=dict(likelihood=dict(eps=0.0))), "eval.likelihood.eps must be in"),
     (dict(eval=dict(likelihood=dict(backend="jax"))), r"eval.likelihood.backend='jax'"),
     (dict(eval=dict(bpd_num_repeats=0)), "bpd_num_repeats must be a positive integer"),
+    (dict(eval=dict(likelihood=dict(nodes=0))), "eval.likelihood.nodes must be a positive integer"),
 ])
 def test_invalid_combinations_fail_with_one_line(sections, message):
     with pytest.raises(ValueError, match=message) as err:

@@ -327,8 +327,13 @@ class LikelihoodSpec(Section):
     atol: float = 1e-5
     backend: str = "scipy"                  # scipy or torchdiffeq
     method: Optional[str] = None            # None: RK45 (scipy) / dopri5 (torchdiffeq); an adaptive solver
+    # session 4: None integrates the divergence along the ODE; K: the two-pass quadrature at K log-sigma
+    # midpoints with fresh probes per node (likelihood.quadrature_nll, docs/likelihood.md)
+    nodes: Optional[int] = None
 
     def _check(self) -> None:
+        if self.nodes is not None:
+            _positive("eval.likelihood", nodes=self.nodes)
         _choice("eval.likelihood", "trace", self.trace, LIKELIHOOD_TRACES)
         _choice("eval.likelihood", "backend", self.backend, LIKELIHOOD_BACKENDS)
         if not (isinstance(self.eps, float) and 0.0 < self.eps < 1.0):

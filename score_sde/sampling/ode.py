@@ -56,8 +56,27 @@ def integrate(fn: OdeFn, state: State, t0: float, t1: float, *, backend: str, so
     return _integrate_torchdiffeq(fn, state, t0, t1, solver, rtol, atol, steps)
 
 
+def integrate_at(fn: OdeFn, state: State, t0: float, t1: float, times: torch.Tensor, *, backend: str,
+                 solver: str, rtol: float, atol: float) -> Tuple[State, State]:
+    """Solve from t0 to t1 with an adaptive solver; returns (the states at `times`, stacked on a new leading
+    axis, read off the solver's dense output; the state at t1). times: increasing, inside [t0, t1]."""
+    check_solver(backend, solver, rtol, atol, None)
+    if solver in TORCHDIFFEQ_FIXED:
+        raise ValueError(f"integrate_at needs an adaptive solver, got the fixed-grid {solver!r}")
+    grid = torch.cat([torch.tensor([t0], dtype=torch.float64), times.double().cpu(),
+                      torch.tensor([t1], dtype=torch.float64)])
+    if not bool((grid[1:] >= grid[:-1]).all()):
+        raise ValueError(f"times must increase within [{t0}, {t1}]")
+    if backend == "scipy":
+        out = _integrate_scipy(fn, state, t0, t1, solver, rtol, atol, t_eval=grid[1:].numpy())
+    else:
+        out = _integrate_torchdiffeq(fn, state, t0, t1, solver, rtol, atol, None, grid=grid)
+    return tuple(o[:-1] for o in out), tuple(o[-1] for o in out)
+
+
 def _integrate_scipy(fn: OdeFn, state: State, t0: float, t1: float, solver: str,
-                     rtol: float, atol: float) -> State:
+                     rtol: float, atol: float, t_eval: Optional[np.ndarray] = None) -> State:
+    """The state at t1; with t_eval, the states at t_eval stacked on a new leading axis."""
     from scipy.integrate import solve_ivp
     sizes = [s.numel() for s in state]
 
@@ -70,23 +89,28 @@ def _integrate_scipy(fn: OdeFn, state: State, t0: float, t1: float, solver: str,
         return np.concatenate([t.detach().to("cpu", torch.float64).reshape(-1).numpy() for t in tensors])
 
     sol = solve_ivp(lambda t, y: flatten(fn(float(t), unflatten(y))), (t0, t1), flatten(state),
-                    method=solver, rtol=rtol, atol=atol)
+                    method=solver, rtol=rtol, atol=atol, t_eval=t_eval)
     if not sol.success:
         raise RuntimeError(f"scipy {solver} failed between t={t0} and t={t1}: {sol.message}")
-    return unflatten(sol.y[:, -1])
+    if t_eval is None:
+        return unflatten(sol.y[:, -1])
+    return tuple(torch.stack(parts) for parts in zip(*(unflatten(y) for y in sol.y.T)))
 
 
 def _integrate_torchdiffeq(fn: OdeFn, state: State, t0: float, t1: float, solver: str,
-                           rtol: float, atol: float, steps: Optional[int]) -> State:
+                           rtol: float, atol: float, steps: Optional[int],
+                           grid: Optional[torch.Tensor] = None) -> State:
+    """The state at t1; with `grid` (t0 first, t1 last), the states at grid[1:] stacked on a new axis."""
     from torchdiffeq import odeint
     ref = state[0]
     n = steps if solver in TORCHDIFFEQ_FIXED else 1  # fixed-grid solvers step exactly on this grid
-    grid = torch.linspace(t0, t1, n + 1, dtype=torch.float64, device=ref.device)  # float64 times
+    times = grid if grid is not None else torch.linspace(t0, t1, n + 1, dtype=torch.float64)
+    times = times.to(device=ref.device, dtype=torch.float64)  # float64 times
     # adaptive steps must end exactly at t1: stepping past it (torchdiffeq's default, then interpolating)
     # would evaluate the score outside [eps, T], where e.g. VP's s(t) is undefined for t < 0
-    kwargs = {} if solver in TORCHDIFFEQ_FIXED else {"rtol": rtol, "atol": atol, "options": {"step_t": grid[1:]}}
-    out = odeint(lambda t, y: tuple(fn(float(t), y)), tuple(state), grid, method=solver, **kwargs)
-    return tuple(o[-1] for o in out)
+    kwargs = {} if solver in TORCHDIFFEQ_FIXED else {"rtol": rtol, "atol": atol, "options": {"step_t": times[-1:]}}
+    out = odeint(lambda t, y: tuple(fn(float(t), y)), tuple(state), times, method=solver, **kwargs)
+    return tuple(o[1:] for o in out) if grid is not None else tuple(o[-1] for o in out)
 
 
 def pf_drift(sde, score_fn: ScoreFn) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
