@@ -184,19 +184,30 @@ def get_likelihood_fn(sde, *, eps: Optional[float] = DEFAULT_EPS, trace: str = "
 
 
 # ----------------------------------------------------------------------------- two-pass quadrature
-def log_sigma_midpoints(sde, eps: float, nodes: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(t_k, w_k), float64: the midpoint rule in u = log sigma(t) on [u(eps), u(T)] with K = `nodes` equal
-    cells, so that int_eps^T h(t) dt ~ sum_k w_k h(t_k) with w_k = du * dt/du(u_k).
+def time_of_log_sigma(sde, u: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(t, dt/du) at u = log sigma(t), float64, for any SDE with sde.t_from_sigma."""
+    u = u.detach().to(torch.float64).requires_grad_(True)
+    t = sde.t_from_sigma(torch.exp(u))
+    (dt_du,) = torch.autograd.grad(t.sum(), u)
+    return t.detach(), dt_du
+
+
+def log_sigma_range(sde, eps: float) -> Tuple[float, float]:
+    """[u(eps), u(T)] with u = log sigma(t)."""
+    lo, hi = torch.log(sde.sigma(torch.tensor([eps, sde.T], dtype=torch.float64))).tolist()
+    return lo, hi
+
+
+def log_sigma_midpoints(sde, eps: float, nodes: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(u_k, t_k, w_k), float64: the midpoint rule in u = log sigma(t) on [u(eps), u(T)] with K = `nodes`
+    equal cells, so that int_eps^T h(t) dt ~ sum_k w_k h(t_k) with w_k = du * dt/du(u_k).
 
     In u the divergence of the probability-flow drift is a sum of smooth steps, one per data direction of
     variance lambda, centred at sigma^2 = lambda; u spreads them evenly where t would crowd them at t -> eps."""
-    ends = sde.sigma(torch.tensor([eps, sde.T], dtype=torch.float64))
-    lo, hi = torch.log(ends).tolist()
+    lo, hi = log_sigma_range(sde, eps)
     u = lo + (hi - lo) * (torch.arange(nodes, dtype=torch.float64) + 0.5) / nodes
-    u.requires_grad_(True)
-    t = sde.t_from_sigma(torch.exp(u))
-    (dt_du,) = torch.autograd.grad(t.sum(), u)
-    return t.detach(), (hi - lo) / nodes * dt_du
+    t, dt_du = time_of_log_sigma(sde, u)
+    return u, t, (hi - lo) / nodes * dt_du
 
 
 def node_probes(trace: str, nodes: int, num_probes: int, x: torch.Tensor,
@@ -238,23 +249,26 @@ def quadrature_nll(sde, score_fn: ScoreFn, x: torch.Tensor, *, nodes: int, eps: 
                    chunk_size: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, int]:
     """(nll [B] nats, z = x(T), nfe): eq. 39 in two passes.
 
-    1. The probability-flow ODE for x alone (no gradients), its states read off the dense output at the
-       K = `nodes` midpoints of log sigma (log_sigma_midpoints).
+    1. The probability-flow ODE for x alone (no gradients), solved in u = log sigma (not t: near t = eps
+       the small-variance directions move fast in t and an error there is amplified up to T, where the
+       prior reads z; in u they move smoothly), its states read off the dense output at the K = `nodes`
+       midpoints of u (log_sigma_midpoints).
     2. int_eps^T div f~ dt = sum_k w_k div f~(x(t_k), t_k), every node in batched backward passes: exact
        divergences, or Hutchinson with probes drawn afresh per node (node_probes), so the probe errors of
        the K nodes average out instead of adding up along one fixed probe as in the joint ODE.
     nfe counts score evaluations: the ODE's calls plus one batched call per chunk of nodes.
     """
     counted = CountingScore(score_fn)
-    t_k, w_k = log_sigma_midpoints(sde, eps, nodes)
+    u_k, t_k, w_k = log_sigma_midpoints(sde, eps, nodes)
     plain = pf_drift(sde, counted)
 
-    def ode_fn(t: float, state: Tuple[torch.Tensor]) -> Tuple[torch.Tensor]:
-        with torch.no_grad():
-            return (plain(state[0], batch_time(t, state[0])),)
+    def ode_fn(u: float, state: Tuple[torch.Tensor]) -> Tuple[torch.Tensor]:
+        t, dt_du = time_of_log_sigma(sde, torch.tensor(u))
+        with torch.no_grad():   # dx/du = f~(x, t(u)) dt/du
+            return (plain(state[0], batch_time(float(t), state[0])) * float(dt_du),)
 
-    (xs,), (z,) = integrate_at(ode_fn, (x.detach(),), eps, sde.T, t_k, backend=backend, solver=method,
-                               rtol=rtol, atol=atol)
+    (xs,), (z,) = integrate_at(ode_fn, (x.detach(),), *log_sigma_range(sde, eps), u_k, backend=backend,
+                               solver=method, rtol=rtol, atol=atol)
     drift = pf_drift(sde, _checked_score(counted))
     probes = None if trace == "exact" else node_probes(trace, nodes, num_probes, x, generator)
     div = _node_divergences(drift, xs, t_k, probes, chunk_size)

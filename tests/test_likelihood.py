@@ -235,7 +235,8 @@ def test_bits_per_dim_rejects_bad_arguments(args, kwargs, fragment):
 def test_log_sigma_midpoints_integrate_the_drift_coefficient_exactly_in_the_limit(sde_cls):
     """sum_k w_k f(t_k) -> int_eps^T f dt = log m(T) - log m(eps) (f = d log m/dt), and sum_k w_k = T - eps."""
     sde, eps = sde_cls(), 1e-5
-    t, w = likelihood.log_sigma_midpoints(sde, eps, 400)
+    u, t, w = likelihood.log_sigma_midpoints(sde, eps, 400)
+    torch.testing.assert_close(torch.log(sde.sigma(t)), u)
     ends = torch.tensor([eps, sde.T], dtype=torch.float64)
     assert bool((t[1:] > t[:-1]).all()) and eps < float(t[0]) and float(t[-1]) < sde.T
     assert abs(float(w.sum()) - (sde.T - eps)) < 1e-4 * sde.T
@@ -255,11 +256,12 @@ def test_integrate_at_reads_the_dense_output_of_a_linear_ode(backend, method):
     torch.testing.assert_close(x1, math.exp(-1.0) * x0, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("sde_cls", [sde_lib.VPSDE, sde_lib.VESDE])
-def test_quadrature_with_the_exact_trace_matches_the_analytic_log_density(sde_cls):
+@pytest.mark.parametrize("sde_cls,backend,method", [(sde_lib.VPSDE, "scipy", "RK45"), (sde_lib.VESDE, "scipy", "RK45"),
+                                                    (sde_lib.subVPSDE, "torchdiffeq", "dopri5")])
+def test_quadrature_with_the_exact_trace_matches_the_analytic_log_density(sde_cls, backend, method):
     sde = sde_cls()
     x = GAUSS.sample(12, torch.Generator().manual_seed(3)).reshape(12, 1, 2, 2)
-    nll, z, nfe = likelihood.get_likelihood_fn(sde, nodes=128)(GAUSS.score_fn(sde), x)
+    nll, z, nfe = likelihood.get_likelihood_fn(sde, nodes=128, backend=backend, method=method)(GAUSS.score_fn(sde), x)
     assert nll.shape == (12,) and z.shape == x.shape and nfe > 1
     per_dim_error = (-nll - reference_logp(GAUSS, sde, x, z, likelihood.DEFAULT_EPS)).abs().max() / GAUSS.dim
     assert per_dim_error < 1e-3
@@ -298,3 +300,25 @@ def test_orthogonal_node_probes_never_repeat_a_direction_within_a_group():
 def test_nodes_must_be_a_positive_integer():
     with pytest.raises(ValueError, match="nodes"):
         likelihood.get_likelihood_fn(sde_lib.VPSDE(), nodes=0)
+
+
+def test_orthogonal_quadrature_is_exact_when_the_jacobian_is_shared_by_the_nodes():
+    """Drift f~ = A x / 2 for all t (VE, score = -A x / g^2): d slots of orthogonal probes trace it exactly,
+    for any draw, whereas Rademacher probes scatter."""
+    sde, d = sde_lib.VESDE(), 6
+    a = torch.randn(d, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.3
+
+    def score_fn(x, t):
+        return -(x @ a.T) / sde.diffusion(t).to(x).pow(2)[:, None]
+    x = torch.randn(5, d, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    exact, z, _ = likelihood.get_likelihood_fn(sde, nodes=3)(score_fn, x)
+    integral = 0.5 * float(torch.trace(a)) * (sde.T - likelihood.DEFAULT_EPS)   # int tr(A/2) dt
+    torch.testing.assert_close(-exact - sde.prior_logp(z), torch.full((5,), integral, dtype=torch.float64),
+                               rtol=1e-6, atol=1e-6)
+    for seed in range(3):
+        orth, _, _ = likelihood.get_likelihood_fn(sde, nodes=3, num_probes=2, trace="hutchinson-orthogonal")(
+            score_fn, x, torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(orth, exact, rtol=0, atol=1e-9)
+    rade, _, _ = likelihood.get_likelihood_fn(sde, nodes=3, num_probes=2, trace="hutchinson-rademacher")(
+        score_fn, x, torch.Generator().manual_seed(0))
+    assert (rade - exact).abs().max() > 1e-3
