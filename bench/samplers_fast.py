@@ -37,6 +37,7 @@ FAST = {  # label -> (sampler, options without steps, NFE(steps))
     "dpmpp_2m": ("dpmpp_2m", {}, None),
     "dpmpp_2m edm": ("dpmpp_2m", {"schedule": "edm"}, None),
     "dpm_solver (3M)": ("dpm_solver", {}, None),
+    "deis_unipc": ("deis_unipc", {}, None),
     "unipc": ("unipc", {}, None),
     "unipc p3": ("unipc", {"order": 3}, None),
     "unipc p2 edm": ("unipc", {"order": 2, "schedule": "edm"}, None),
