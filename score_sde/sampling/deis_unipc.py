@@ -70,8 +70,9 @@ def deis_unipc_sampler(sde, shape: Sequence[int], *, steps: int = 20, switch: fl
                        progress: bool = False) -> Callable:
     """DEIS rho-AB (order `deis_order`) on the levels above `switch`, UniPC (`order`, `variant`) below; NFE = steps.
 
-    switch: the noise level (data units, as sigma) where the solver changes; 0 is plain UniPC, inf plain DEIS
-    (up to the final denoising). schedule, rho, sigma_max, eps, threshold as for `euler`.
+    switch: the noise level (data units, as sigma) where the solver changes: levels above it take DEIS steps,
+    the others UniPC steps (math.inf: plain `unipc`; 0: DEIS down to sigma_min, then the denoised estimate).
+    schedule, rho, sigma_max, eps, threshold as for `euler`.
     """
     if not switch >= 0:
         raise ValueError(f"switch must be a noise level >= 0 (default {SWITCH_SIGMA}), got {switch!r}")
