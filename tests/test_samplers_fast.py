@@ -117,9 +117,10 @@ def test_schedule_files_round_trip_and_interpolate(tmp_path):
         sampling.get_sampler("euler", sde_lib.VPSDE(), (4, 2), schedule=str(tmp_path / "none.json"))
 
 
-def test_optimize_schedule_keeps_the_ends_and_runs():
+@pytest.mark.parametrize("method", ["dpmpp_2m", "deis_unipc"])
+def test_optimize_schedule_keeps_the_ends_and_runs(method):
     sde = sde_lib.VPSDE()
-    s = sampling.optimize_schedule(sde, GAUSS.score_fn(sde), (32, 6), method="dpmpp_2m", steps=5, sweeps=1,
+    s = sampling.optimize_schedule(sde, GAUSS.score_fn(sde), (32, 6), method=method, steps=5, sweeps=1,
                                    ref_steps=40)
     assert len(s) == 5 and all(a > b for a, b in zip(s, s[1:]))
     assert s[0] == pytest.approx(80.0) and s[-1] == pytest.approx(0.002)

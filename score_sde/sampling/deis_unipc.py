@@ -55,7 +55,7 @@ def solve_deis_unipc(run: sigma_space.Run, x: torch.Tensor, sigmas: List[float],
             x0 = run.denoise(point, sigmas[i + 1])
         else:
             p = unipc.step_order(order, len(x0s), i, n, lower_order_final=True)
-            x, point, x0 = unipc.step(run, x, x0s[-p:], sigmas[i + 1 - p:i + 2], p, variant)
+            x, point, x0 = unipc.step(run, x, x0s, sigmas[i + 1 - max(p, 1):i + 2], p, variant)
         keep = max(deis_order, order)
         x0s, eps = (x0s + [x0])[-keep:], (eps + [(point - x0) / sigmas[i + 1]])[-keep:]
         run.report(i, sigmas[i + 1], x, x0)

@@ -42,8 +42,9 @@ def coefficients(rks: List[float], h: float, variant: str):
 
 def step(run: sigma_space.Run, x: torch.Tensor, x0s: List[torch.Tensor], sigmas: List[float], p: int,
          variant: str = "bh2") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One UniPC step from sigmas[-2] to sigmas[-1] > 0 with the newest p data predictions x0s, made at the
-    levels sigmas[-1-p:-1].
+    """One UniPC step of order p from sigmas[-2] to sigmas[-1] > 0 with the data predictions x0s (newest last,
+    the newest max(p, 1) made at the levels before sigmas[-1]; p = 0, which the lower-order-final rule gives
+    on a grid not ending at 0: the DDIM predictor with a one-term corrector).
 
     Returns (x after UniC, the UniP point, the data prediction there): the network is called once, at the
     UniP point, and that prediction serves the corrector and the next step (Zhao et al., Alg. 1-2).
@@ -77,7 +78,7 @@ def solve_unipc(run: sigma_space.Run, x: torch.Tensor, sigmas: List[float], orde
             run.report(i, 0.0, x, x0s[-1])
             break
         p = step_order(order, len(x0s), i, n, lower_order_final)
-        x, _, x0_new = step(run, x, x0s, sigmas[i + 1 - p:i + 2], p, variant)
+        x, _, x0_new = step(run, x, x0s, sigmas[i + 1 - max(p, 1):i + 2], p, variant)
         x0s = (x0s + [x0_new])[-order:]
         run.report(i, sigmas[i + 1], x, x0_new)
     return x
