@@ -29,7 +29,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
 
     config.sampling = sampling = ml_collections.ConfigDict()
     # the paper's sampler: every CIFAR-10/LSUN/FFHQ config replicates the published protocol (its FID);
-    # the recommended fast one is --config.sampling.method=deis_unipc --config.sampling.steps=20 (docs/samplers.md)
+    # the recommended fast one is --config.sampling.method=unipc --config.sampling.steps=20 (docs/samplers.md)
     sampling.method = "pc"
     sampling.predictor = "euler_maruyama"
     sampling.corrector = "none"

@@ -215,7 +215,7 @@ def test_fid_without_weights_is_a_clear_error(tmp_path):
 
 
 def _tiny_digits_config(inception_path: str, **eval_overrides) -> ml_collections.ConfigDict:
-    """The embedded default shrunk to seconds: nf=16, 2 sampler steps, 4 samples, FID from local weights."""
+    """The embedded default shrunk to seconds: nf=16, 2 UniPC steps, 4 samples, FID from local weights."""
     import importlib
 
     cfg = importlib.import_module("configs.vp.digits_ddpmpp_continuous").get_config()
@@ -240,7 +240,7 @@ def test_fid_end_to_end_from_local_weights(tmp_path, inception_file, split):
     checkpoint.save_checkpoint(checkpoint.checkpoint_path(str(tmp_path), 1),
                                builders.state_dict_for_checkpoint(dict(state, step=1)))
     evaluation.evaluate(cfg, str(tmp_path))
-    out = _sampler_dir(os.path.join(str(tmp_path), "eval", "ckpt_1"), "deis_unipc")
+    out = _sampler_dir(os.path.join(str(tmp_path), "eval", "ckpt_1"), "unipc")
     m = json.load(open(os.path.join(out, "report.json")))["metrics"]
     assert m["reference_split"] == split and m["num_reference"] == 5
     samples = torch.from_numpy(np.load(os.path.join(out, "samples.npz"))["samples"])

@@ -203,17 +203,17 @@ def test_deis_step_integrates_polynomial_slopes_exactly():
     torch.testing.assert_close(deis_step(x, eps, sigmas), x + integral * v, rtol=0, atol=1e-13)
 
 
-def test_deis_unipc_switch_gives_unipc_and_counts_one_call_per_level():
+def test_deis_unipc_empty_band_is_unipc_and_counts_one_call_per_level():
     sde = sde_lib.VPSDE()
     x_T = sde.prior_sampling((16, 6), torch.Generator().manual_seed(0), dtype=torch.float64)
-    run = lambda name, **o: sampling.get_sampler(name, sde, x_T.shape, steps=12, dtype=torch.float64, **o)(
+    run = lambda name, **o: sampling.get_sampler(name, sde, x_T.shape, steps=12, dtype=torch.float64, **o)(  # noqa
         GAUSS.score_fn(sde), x_T=x_T)
-    (a, nfe_a), (b, nfe_b) = run("deis_unipc", switch=math.inf), run("unipc")
+    (a, nfe_a), (b, nfe_b) = run("deis_unipc", deis_min=1.0, deis_max=1.0), run("unipc")
     assert nfe_a == nfe_b == 12
-    torch.testing.assert_close(a, b, rtol=0, atol=0)          # no level above the switch: UniPC throughout
-    for switch in (0.0, 0.1, 1.0):
-        x, nfe = run("deis_unipc", switch=switch)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)          # no level in the DEIS band: UniPC throughout
+    for band in ((0.0, math.inf), (0.1, 20.0), (1.0, math.inf)):
+        x, nfe = run("deis_unipc", deis_min=band[0], deis_max=band[1])
         assert nfe == 12 and torch.isfinite(x).all()
         assert not torch.equal(x, b)
-    with pytest.raises(ValueError, match="switch"):
-        sampling.get_sampler("deis_unipc", sde, (2, 2), switch=-1.0)
+    with pytest.raises(ValueError, match="deis_min"):
+        sampling.get_sampler("deis_unipc", sde, (2, 2), deis_min=1.0, deis_max=0.5)

@@ -32,15 +32,15 @@ def test_ode_override_with_tolerances_drops_the_file_steps():
                    "--config.sampling.atol=1e-3")
     assert spec.sampling.method == "ode"
     assert spec.sampling.options["rtol"] == 1e-3 and spec.sampling.options["atol"] == 1e-3
-    assert "steps" not in spec.sampling.options  # the file's steps=20 belongs to its deis_unipc
+    assert "steps" not in spec.sampling.options  # the file's steps=20 belongs to its unipc
     assert spec_of(DIGITS).sampling.options["steps"] == 20
 
 
 def test_none_resets_an_option_to_the_sampler_default():
     spec = spec_of(DIGITS, "--config.sampling.steps=None")
-    assert spec.sampling.method == "deis_unipc" and "steps" not in spec.sampling.options
+    assert spec.sampling.method == "unipc" and "steps" not in spec.sampling.options
     settings = evaluation.sampler_settings(spec)[1]
-    assert settings["steps"] == sampler_defaults("deis_unipc")["steps"]
+    assert settings["steps"] == sampler_defaults("unipc")["steps"]
 
 
 def test_every_sampler_option_is_a_typed_field():
@@ -84,10 +84,10 @@ def test_prediction_v_on_the_vp_toy_config():
 
 
 def test_switching_method_keeps_the_file_options_of_other_samplers():
-    spec = spec_of(DIGITS)  # deis_unipc config that also sets pc's predictor/corrector
+    spec = spec_of(DIGITS)  # unipc config that also sets pc's predictor/corrector
     pc = spec.sampling.with_options("pc")
     assert pc.options["predictor"] == "euler_maruyama" and pc.options["corrector"] == "none"
-    assert "steps" not in pc.options  # deis_unipc's steps=20 stays with it
+    assert "steps" not in pc.options  # unipc's steps=20 stays with unipc
     assert Spec.from_config(spec.to_json()).sampling.with_options("pc") == pc
 
 

@@ -47,7 +47,7 @@ def test_reference_stats_once_and_is_kid_in_report(tmp_path, inception_file, fea
     assert feature_calls == [2, 3, 2]  # samples, the reference (once, written to fid_stats), samples again
     ref = metrics.load_reference_stats(stats)
     assert ref["pool_3"].shape == (3, 2048) and ref["logits"].shape == (3, 1008)
-    out = _sampler_dir(os.path.join(wd, "eval", "ckpt_2"), "deis_unipc")
+    out = _sampler_dir(os.path.join(wd, "eval", "ckpt_2"), "unipc")
     rep = json.load(open(os.path.join(out, "report.json")))
     m = rep["metrics"]
     assert rep["settings"]["inception"] == {"is": True, "kid": True, "rounding": "floor", "fid_stats": stats}

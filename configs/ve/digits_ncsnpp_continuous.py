@@ -15,7 +15,7 @@ def get_config():
     training.reduce_mean = True
 
     sampling = config.sampling
-    sampling.method = "deis_unipc"  # the recommended fast sampler (issue 13): 20 network calls
+    sampling.method = "unipc"  # the recommended fast sampler (issue 13): 20 network calls
     sampling.steps = 20
     sampling.predictor = "reverse_diffusion"  # for --config.sampling.method=pc (with --config.sampling.steps=250)
     sampling.corrector = "langevin"

@@ -14,7 +14,7 @@ def get_config():
     training.reduce_mean = True
 
     sampling = config.sampling
-    sampling.method = "deis_unipc"  # the recommended fast sampler (issue 13, docs/samplers.md): 20 network calls
+    sampling.method = "unipc"  # the recommended fast sampler (issue 13, docs/samplers.md): 20 network calls
     sampling.steps = 20
     sampling.predictor = "euler_maruyama"  # for --config.sampling.method=pc
     sampling.corrector = "none"

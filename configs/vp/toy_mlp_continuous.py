@@ -6,7 +6,7 @@ def get_config():
     config = get_default_configs()
     config.training.sde = "vpsde"
     config.training.continuous = True
-    config.sampling.method = "deis_unipc"  # the recommended fast sampler (issue 13)
+    config.sampling.method = "unipc"  # the recommended fast sampler (issue 13)
     config.sampling.steps = 20
     config.sampling.predictor = "euler_maruyama"
     config.sampling.corrector = "none"
