@@ -3,7 +3,8 @@
     python bench/samplers_fast.py                         # 64-D (3 seeds) + mix16, ~10 min on a 2-core CPU
     python bench/samplers_fast.py --problems img3072 --n 256   # 3072-D, a few minutes per sampler set
     python bench/samplers_fast.py --plot bench/samplers_fast.png   # PNG of dlogp vs NFE (needs matplotlib)
-    python bench/samplers_fast.py --digits /tmp/p4digits/checkpoints/checkpoint_1500.pth   # trained digits model
+    python bench/samplers_fast.py --digits WORKDIR/checkpoints/checkpoint_1500.pth --n 1000   # trained digits model
+        (WORKDIR from: python main.py --config configs/vp/digits_ddpmpp_continuous.py --workdir WORKDIR --mode train)
 
 Problems (VP SDE, beta 0.1..20):
   img64      toy.image_like_mixture(64, 8 components, seed): power-law spectra over 3 decades (variances
@@ -159,7 +160,7 @@ def digits(ckpt: str, labels: List[str], nfes: List[int], n: int, seed: int) -> 
     n = min(n, len(train))                                   # as many samples as floor digits: the same bias
     torch.manual_seed(seed)                                  # the dequantization noise, as evaluation draws it
     ref = torch.stack([test[i] for i in range(len(test))])
-    floor_set = torch.stack([train[i] for i in range(min(n, len(train)))])
+    floor_set = torch.stack([train[i] for i in range(n)])
     sw = lambda a: metrics.sliced_wasserstein(a, ref, generator=torch.Generator().manual_seed(seed))  # noqa
     to_data = lambda x: datasets.get_data_inverse_scaler(config)(x).clamp(0.0, 1.0)  # noqa
     print(f"# digits checkpoint {ckpt}: n={n} samples, {len(ref)} held-out digits, torch {torch.__version__}, "
