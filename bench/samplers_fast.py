@@ -3,6 +3,8 @@
     python bench/samplers_fast.py                         # 64-D (3 seeds) + mix16, ~10 min on a 2-core CPU
     python bench/samplers_fast.py --problems img3072 --n 256   # 3072-D, a few minutes per sampler set
     python bench/samplers_fast.py --plot bench/samplers_fast.png   # PNG of dlogp vs NFE (needs matplotlib)
+    python bench/samplers_fast.py --digits WORKDIR/checkpoints/checkpoint_1500.pth --n 1000   # trained digits model
+        (WORKDIR from: python main.py --config configs/vp/digits_ddpmpp_continuous.py --workdir WORKDIR --mode train)
 
 Problems (VP SDE, beta 0.1..20):
   img64      toy.image_like_mixture(64, 8 components, seed): power-law spectra over 3 decades (variances
@@ -16,6 +18,10 @@ their TVs move together); seconds of one run (ratios only: shared machine). Samp
 the table shows solver error, not round-off. "sspt" rows reproduce score_sde_pytorch's best settings:
 Euler-Maruyama (pc predictor, no corrector) and reverse-diffusion + Langevin (snr 0.16), uniform times from
 T to eps = 1e-3, N = 1000, returning the last mean (its "denoise"), as its run_lib does.
+--digits CKPT: instead of the mixtures, a checkpoint of configs/vp/digits_ddpmpp_continuous.py (EMA weights,
+float32, as the pipeline samples): per sampler and NFE, the sliced W2 (256 projections, the same for every
+row) of n samples in data space (clamped to [0, 1], as the evaluation does) to the held-out digits, next to
+its floor: the sliced W2 of n training digits to the same held-out digits.
 """
 from __future__ import annotations
 
@@ -31,12 +37,13 @@ from typing import Dict, List
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from score_sde import sampling, sde_lib, toy  # noqa: E402
+from score_sde import builders, datasets, metrics, sampling, sde_lib, toy  # noqa: E402
 
 FAST = {  # label -> (sampler, options without steps, NFE(steps))
     "dpmpp_2m": ("dpmpp_2m", {}, None),
     "dpmpp_2m edm": ("dpmpp_2m", {"schedule": "edm"}, None),
     "dpm_solver (3M)": ("dpm_solver", {}, None),
+    "deis_unipc": ("deis_unipc", {}, None),
     "unipc": ("unipc", {}, None),
     "unipc p3": ("unipc", {"order": 3}, None),
     "unipc p2 edm": ("unipc", {"order": 2, "schedule": "edm"}, None),
@@ -102,10 +109,14 @@ def main() -> None:
     parser.add_argument("--plot", default=None, help="write a PNG of dlogp vs NFE (needs matplotlib)")
     parser.add_argument("--replot", default=None, help="only redraw --plot from a saved output of this script")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--digits", default=None, metavar="CKPT",
+                        help="benchmark a trained digits checkpoint (configs/vp/digits_ddpmpp_continuous.py) instead")
     args = parser.parse_args()
     if args.replot:
         return plot(parse(args.replot), args.plot or "bench/samplers_fast.png")
     torch.set_num_threads(args.threads)
+    if args.digits:
+        return digits(args.digits, args.samplers, args.nfe, args.n, args.seeds[0])
     sde = sde_lib.VPSDE()
     print(f"# exact-score samplers, VP: n={args.n}, torch {torch.__version__}, {platform.machine()}, "
           f"{args.threads} thread(s)\n")
@@ -128,6 +139,44 @@ def main() -> None:
                       f"{r['seconds']:.1f} |", flush=True)
     if args.plot:
         plot(rows, args.plot)
+
+
+def digits_model(ckpt: str):
+    """(config, sde, score_fn) of a digits checkpoint, EMA weights, on the CPU."""
+    from configs.vp.digits_ddpmpp_continuous import get_config
+    config = get_config()
+    config.device = "cpu"
+    state = builders.create_state(config, torch.device("cpu"))
+    builders.load_state(state, torch.load(ckpt, map_location="cpu", weights_only=False), ckpt)
+    state["ema"].copy_to(state["model"].parameters())
+    sde = builders.sde_from_config(config)
+    return config, sde, builders.score_fn_from_model(config, sde, state["model"].eval())
+
+
+def digits(ckpt: str, labels: List[str], nfes: List[int], n: int, seed: int) -> None:
+    """Sliced W2 to the held-out digits per sampler and NFE, next to the train-vs-test floor."""
+    config, sde, score_fn = digits_model(ckpt)
+    train, test = datasets.get_dataset(config)
+    n = min(n, len(train))                                   # as many samples as floor digits: the same bias
+    torch.manual_seed(seed)                                  # the dequantization noise, as evaluation draws it
+    ref = torch.stack([test[i] for i in range(len(test))])
+    floor_set = torch.stack([train[i] for i in range(n)])
+    sw = lambda a: metrics.sliced_wasserstein(a, ref, generator=torch.Generator().manual_seed(seed))  # noqa
+    to_data = lambda x: datasets.get_data_inverse_scaler(config)(x).clamp(0.0, 1.0)  # noqa
+    print(f"# digits checkpoint {ckpt}: n={n} samples, {len(ref)} held-out digits, torch {torch.__version__}, "
+          f"{platform.machine()}, {torch.get_num_threads()} thread(s)\n")
+    print(f"floor (sliced W2 of {len(floor_set)} training digits to the held-out ones): {sw(floor_set):.4f}\n")
+    print("| sampler | NFE | sliced W2 | seconds |\n|---|---:|---:|---:|")
+    for label in labels:
+        name, options, kind = FAST[label]
+        for k in nfes:
+            build = sampling.get_sampler(name, sde, (n, *train.shape), **options,
+                                         steps=(k + 1) // 2 if kind == "heun" else k)
+            start = time.perf_counter()
+            with torch.no_grad():
+                x, nfe = build(score_fn, generator=torch.Generator().manual_seed(seed))
+            seconds = time.perf_counter() - start
+            print(f"| {label} | {nfe} | {sw(to_data(x)):.4f} | {seconds:.1f} |", flush=True)
 
 
 def parse(path: str) -> List[dict]:

@@ -21,13 +21,14 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..parameterization import denoiser
-from . import common, dpm_solver, euler, heun, ipndm, sigma_space, unipc
+from . import common, deis_unipc, dpm_solver, euler, heun, ipndm, sigma_space, unipc
 
 # sampler name -> (solve function, fixed options)
 SOLVERS: Dict[str, Tuple[Callable, dict]] = {
     "unipc": (unipc.solve_unipc, {}), "dpm_solver": (dpm_solver.solve_multistep, {}),
     "dpmpp_2m": (dpm_solver.solve_multistep, {"order": 2}), "euler": (euler.solve_euler, {}),
     "heun": (heun.solve_heun, {}), "ipndm": (ipndm.solve_ipndm, {}),
+    "deis_unipc": (deis_unipc.solve_deis_unipc, {}),
 }
 GOLDEN = (math.sqrt(5) - 1) / 2
 

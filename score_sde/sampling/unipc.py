@@ -14,7 +14,7 @@ so NFE = steps; the last call, at the final level, returns the data prediction.
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -40,28 +40,45 @@ def coefficients(rks: List[float], h: float, variant: str):
     return B, R, torch.tensor(g, dtype=torch.float64)
 
 
+def step(run: sigma_space.Run, x: torch.Tensor, x0s: List[torch.Tensor], sigmas: List[float], p: int,
+         variant: str = "bh2") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One UniPC step of order p from sigmas[-2] to sigmas[-1] > 0 with the data predictions x0s (newest last,
+    the newest max(p, 1) made at the levels before sigmas[-1]; p = 0, which the lower-order-final rule gives
+    on a grid not ending at 0: the DDIM predictor with a one-term corrector).
+
+    Returns (x after UniC, the UniP point, the data prediction there): the network is called once, at the
+    UniP point, and that prediction serves the corrector and the next step (Zhao et al., Alg. 1-2).
+    """
+    lams = [-math.log(s) for s in sigmas]
+    lam, h = lams[-2], lams[-1] - lams[-2]
+    rks = [(lams[-2 - k] - lam) / h for k in range(1, p)]
+    d1s = [(x0s[-1 - k] - x0s[-1]) / r for k, r in zip(range(1, p), rks)]
+    B, R, g = coefficients(rks, h, variant)
+    x_lin = sigmas[-1] / sigmas[-2] * x - math.expm1(-h) * x0s[-1]                # first-order (DDIM) part
+    a_p = [0.5] if p == 2 else (torch.linalg.solve(R[:-1, :-1], g[:-1]).tolist() if p > 2 else [])
+    x_pred = x_lin - B * sum(a * d for a, d in zip(a_p, d1s)) if d1s else x_lin      # UniP-p
+    x0_new = run.denoise(x_pred, sigmas[-1])
+    a_c = [0.5] if p == 1 else torch.linalg.solve(R, g).tolist()
+    corr = sum(a * d for a, d in zip(a_c[:-1], d1s)) if d1s else 0.0
+    return x_lin - B * (corr + a_c[-1] * (x0_new - x0s[-1])), x_pred, x0_new            # UniC-p
+
+
+def step_order(order: int, history: int, i: int, n: int, lower_order_final: bool) -> int:
+    """The order of step i of n: limited by the history and, below 10 steps, lowered over the last steps."""
+    return min(order, history, n - 1 - i) if lower_order_final and n < 10 else min(order, history)
+
+
 def solve_unipc(run: sigma_space.Run, x: torch.Tensor, sigmas: List[float], order: int = 2,
                 variant: str = "bh2", lower_order_final: bool = True) -> torch.Tensor:
     n = len(sigmas) - 1
-    lams = [-math.log(s) if s > 0 else math.inf for s in sigmas]
     x0s: List[torch.Tensor] = [run.denoise(x, sigmas[0])]
     for i in run.steps(n):
         if sigmas[i + 1] == 0:                                  # final step: the last data prediction
             x = x0s[-1]
             run.report(i, 0.0, x, x0s[-1])
             break
-        p = min(order, len(x0s), n - 1 - i) if lower_order_final and n < 10 else min(order, len(x0s))
-        h = lams[i + 1] - lams[i]
-        rks = [(lams[i - k] - lams[i]) / h for k in range(1, p)]
-        d1s = [(x0s[-1 - k] - x0s[-1]) / r for k, r in zip(range(1, p), rks)]
-        B, R, g = coefficients(rks, h, variant)
-        x_lin = sigmas[i + 1] / sigmas[i] * x - math.expm1(-h) * x0s[-1]     # first-order (DDIM) part
-        a_p = [0.5] if p == 2 else (torch.linalg.solve(R[:-1, :-1], g[:-1]).tolist() if p > 2 else [])
-        x_pred = x_lin - B * sum(a * d for a, d in zip(a_p, d1s)) if d1s else x_lin      # UniP-p
-        x0_new = run.denoise(x_pred, sigmas[i + 1])
-        a_c = [0.5] if p == 1 else torch.linalg.solve(R, g).tolist()
-        corr = sum(a * d for a, d in zip(a_c[:-1], d1s)) if d1s else 0.0
-        x = x_lin - B * (corr + a_c[-1] * (x0_new - x0s[-1]))                           # UniC-p
+        p = step_order(order, len(x0s), i, n, lower_order_final)
+        x, _, x0_new = step(run, x, x0s, sigmas[i + 1 - max(p, 1):i + 2], p, variant)
         x0s = (x0s + [x0_new])[-order:]
         run.report(i, sigmas[i + 1], x, x0_new)
     return x
