@@ -322,3 +322,27 @@ def test_orthogonal_quadrature_is_exact_when_the_jacobian_is_shared_by_the_nodes
     rade, _, _ = likelihood.get_likelihood_fn(sde, nodes=3, num_probes=2, trace="hutchinson-rademacher")(
         score_fn, x, torch.Generator().manual_seed(0))
     assert (rade - exact).abs().max() > 1e-3
+
+
+def test_importance_weighted_dequantization_bound_tightens_towards_the_bin_probability():
+    """A N(0.3, 0.2^2) density on [0, 1] cut into 4 bins: E log (1/K sum_j p(k + u_j) width) is below
+    log P(k) for every K, increases with K, and K = 1 is the plain uniform-dequantization bound."""
+    mean, std, width = 0.3, 0.2, 0.25
+    normal = torch.distributions.Normal(torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64))
+    g, reps = torch.Generator().manual_seed(0), 20000
+    for k in range(4):
+        log_p_bin = float(torch.log(normal.cdf(torch.tensor((k + 1) * width)) - normal.cdf(torch.tensor(k * width))))
+        bounds = []
+        for draws in (1, 4, 16):
+            y = (k + torch.rand(reps, draws, generator=g, dtype=torch.float64)) * width
+            nll = -(normal.log_prob(y) + math.log(width))           # per draw, in bin units
+            bound = -likelihood.importance_weighted_nll(nll)          # a lower bound on log P(k)
+            bounds.append((float(bound.mean()), float(bound.std()) / math.sqrt(reps)))
+            if draws == 1:
+                torch.testing.assert_close(-likelihood.importance_weighted_nll(nll), -nll[:, 0])
+        for mean_bound, se in bounds:
+            assert mean_bound < log_p_bin + 3 * se
+        assert bounds[0][0] < bounds[1][0] < bounds[2][0], bounds
+        assert log_p_bin - bounds[2][0] < 0.25 * (log_p_bin - bounds[0][0]) + 3 * bounds[2][1]
+    with pytest.raises(ValueError, match=r"\[batch, K\]"):
+        likelihood.importance_weighted_nll(torch.zeros(3))

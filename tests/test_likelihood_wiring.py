@@ -127,3 +127,21 @@ def test_objective_fields_reach_the_step_function():
     assert math.isfinite(step(state, x)["loss"])
     score_fn = builders.score_fn_from_model(spec, builders.sde_from_config(spec), state["model"])
     assert score_fn(x, torch.full((16,), 0.5)).shape == x.shape      # samplers and the ODE see the prediction
+
+
+def test_importance_weighted_dequantization_reaches_bits_per_dim(tmp_path):
+    """K draws of a toy point (no dequantization noise) with an exact trace: the bound equals one draw's;
+    the draws are in the report and its cache key; a noisy joint trace is refused."""
+    reports = {}
+    for k in (1, 3):
+        config = tiny(eval=dict(bpd_dequant_samples=k))
+        workdir = _checkpointed(tmp_path / f"k{k}", config)
+        evaluation.evaluate(config, workdir)
+        reports[k] = json.load(open(os.path.join(workdir, "eval", "ckpt_3", "bpd.json")))
+    assert math.isclose(reports[3]["bits_per_dim"], reports[1]["bits_per_dim"], rel_tol=1e-9)
+    assert reports[3]["dequant_samples"] == 3 and reports[3]["settings"]["dequant_samples"] == 3
+    assert "dequant_samples" not in reports[1]["settings"]
+    with pytest.raises(ValueError, match="bpd_dequant_samples > 1 needs a low-noise trace"):
+        Spec.from_config(tiny(eval=dict(bpd_dequant_samples=2, likelihood=dict(trace="hutchinson-rademacher"))))
+    Spec.from_config(tiny(eval=dict(bpd_dequant_samples=2, likelihood=dict(trace="hutchinson-rademacher",
+                                                                            nodes=16))))

@@ -49,6 +49,9 @@ def eval_bpd(ctx: EvalContext, score_fn: Callable, store: Optional[shards.ShardS
     over eval.bpd_num_repeats passes (fresh dequantization noise and probes each); the standard error is
     over the examples' per-pass means.
 
+    With eval.bpd_dequant_samples = K > 1 each item is dequantized K times and its nll is the
+    importance-weighted bound over the K draws (likelihood.importance_weighted_nll): tighter than one draw.
+
     Batch k = r * num_batches + j (pass r, items [j*B, (j+1)*B)) seeds its dequantization noise and trace
     probes from (config.seed, k): results do not depend on the number of processes, and with a `store` a
     killed job resumes at its first missing batch with identical results (score_sde.shards)."""
@@ -60,13 +63,16 @@ def eval_bpd(ctx: EvalContext, score_fn: Callable, store: Optional[shards.ShardS
     scaler = datasets.get_data_scaler(cfg)
     num_batches, repeats = -(-n // bs), cfg.eval.bpd_num_repeats
 
+    draws = cfg.eval.bpd_dequant_samples
+
     def batch(k: int) -> Dict[str, torch.Tensor]:
         j = k % num_batches
         torch.manual_seed(keyed_seed(ctx.seed, shards.STREAM_BPD, k, 0))  # the items' dequantization noise
-        x = torch.stack([ds[i] for i in range(j * bs, min(n, (j + 1) * bs))])
+        x = torch.stack([ds[i] for i in range(j * bs, min(n, (j + 1) * bs)) for _ in range(draws)])
         gen = shards.batch_generator(ctx.seed, shards.STREAM_BPD, k)
         nll, _, nfe = nll_fn(score_fn, scaler(x.to(info.device)), generator=gen)
-        return {"nll": nll.detach().double(), "nfe": torch.tensor([float(nfe)], dtype=torch.float64)}
+        nll = likelihood.importance_weighted_nll(nll.detach().double().reshape(-1, draws))
+        return {"nll": nll, "nfe": torch.tensor([float(nfe)], dtype=torch.float64)}
 
     out = shards.run_batches(batch, num_batches * repeats, info, store, ctx.bar("bits/dim"))
     nll = out.get("nll", torch.zeros(0, dtype=torch.float64)).reshape(repeats, -1)   # [repeats, examples]
@@ -79,6 +85,8 @@ def eval_bpd(ctx: EvalContext, score_fn: Callable, store: Optional[shards.ShardS
               "num_examples": int(nll.shape[1]), "nfe_mean": float(nfe.mean()) if len(nfe) else 0.0}
     if repeats > 1:
         result.update(num_repeats=repeats, bits_per_dim_passes=[float(b) for b in bpd.mean(dim=1)])
+    if draws > 1:
+        result.update(dequant_samples=draws, bound="importance-weighted over the dequantization draws")
     return result
 
 

@@ -428,10 +428,17 @@ class EvalSpec(Section):
     enable_is: bool = False                 # Inception Score of the samples (needs eval.inception_path)
     enable_kid: bool = False                # Kernel Inception Distance to the reference
     fid_rounding: str = "round"             # samples -> uint8 before Inception: round | floor (score_sde_pytorch)
+    # session 4 (issue 12): K dequantization draws per item combined into the importance-weighted bound
+    # -log (1/K sum_j p(k + u_j)) (likelihood.importance_weighted_nll); 1: the plain uniform bound
+    bpd_dequant_samples: int = 1
 
     def _check(self) -> None:
         _positive("eval", batch_size=self.batch_size, num_samples=self.num_samples,
-                  bpd_num_repeats=self.bpd_num_repeats)
+                  bpd_num_repeats=self.bpd_num_repeats, bpd_dequant_samples=self.bpd_dequant_samples)
+        if self.bpd_dequant_samples > 1 and self.likelihood.trace != "exact" and self.likelihood.nodes is None:
+            raise ValueError("config.eval.bpd_dequant_samples > 1 needs a low-noise trace: the joint ODE's "
+                             "Hutchinson noise biases the importance-weighted bound; set "
+                             "eval.likelihood.trace='exact' or eval.likelihood.nodes (e.g. 32 with num_probes=8)")
         _bools("eval", self, "enable_is", "enable_kid")
         _choice("eval", "fid_rounding", self.fid_rounding, ("round", "floor"))
         if self.fid_stats is not None and not str(self.fid_stats).endswith(".npz"):
