@@ -29,6 +29,7 @@ NllFn = Callable[..., Tuple[torch.Tensor, torch.Tensor, int]]
 
 # ----------------------------------------------------------------------------- divergence
 DEFAULT_CHUNK_ELEMENTS = 2 ** 22   # cotangent elements per batched backward pass (bounds memory)
+MAX_NODE_ROWS = 1024               # two-pass quadrature: rows (nodes x batch) per forward pass beyond one node
 
 
 def _batched_vjp(f: torch.Tensor, x: torch.Tensor, cotangents: torch.Tensor) -> torch.Tensor:
@@ -225,10 +226,11 @@ def node_probes(trace: str, nodes: int, num_probes: int, x: torch.Tensor,
 def _node_divergences(drift, xs: torch.Tensor, t: torch.Tensor, probes: Optional[torch.Tensor],
                       chunk_size: Optional[int]) -> torch.Tensor:
     """[K, B] divergences of the drift at the K nodes' states xs [K, B, ...], in batched passes of
-    whole nodes (as many as fit DEFAULT_CHUNK_ELEMENTS probe/basis entries)."""
+    whole nodes: as many as fit DEFAULT_CHUNK_ELEMENTS probe/basis entries and MAX_NODE_ROWS rows (the
+    network's activations grow with the rows), but always one node, as the joint ODE evaluates B rows."""
     k, b, d = xs.shape[0], xs.shape[1], xs[0, 0].numel()
     per_node = b * d * (d if probes is None else probes.shape[0])
-    step = max(1, DEFAULT_CHUNK_ELEMENTS // per_node)
+    step = max(1, min(DEFAULT_CHUNK_ELEMENTS // per_node, MAX_NODE_ROWS // b))
     out = []
     for start in range(0, k, step):
         sl = slice(start, min(start + step, k))
