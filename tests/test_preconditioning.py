@@ -212,3 +212,7 @@ def test_checkpoint_round_trip_keeps_the_preconditioned_network(tmp_path):
     plain = parameterization.get_score_fn(exp.sde, exp.model, prediction="eps")
     assert not torch.allclose(plain(x, t), trained)
     assert math.isfinite(float(trained.detach().abs().max()))
+    # resuming the workdir under another preconditioning is refused by the checkpoint fingerprint
+    c.model.preconditioning = "none"
+    with pytest.raises(ValueError, match="preconditioning"):
+        training.train(c, str(tmp_path), progress=False)
