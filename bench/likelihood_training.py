@@ -6,7 +6,7 @@ chosen objective through the library's step function (losses.get_step_fn), same 
     python bench/likelihood_training.py --set model.dropout=0.0 --ema 0.999 0.995 0.99   # screen variants
     python bench/likelihood_training.py --config vp/digits_edm --objective config --samples 300   # EDM (p4edm)
 
---set overrides config fields (section.field=python literal); --ema scores extra EMA rates of the same run.
+--set overrides config fields (section.field=python literal, or seed=1); --ema scores extra EMA rates of the same run.
 --config picks another configs/<name>.py; --objective config trains its own objective (spec.step_options).
 --samples N also draws N samples with the config's sampler and reports their sliced W2 to the held-out split
 (and the floor: as many training digits against the same split).
@@ -65,8 +65,11 @@ def main(args) -> None:
     config = importlib.import_module("configs." + args.config.replace("/", ".")).get_config()
     for item in args.set:
         path, _, text = item.partition("=")
-        section, name = path.split(".")
-        config[section][name] = ast.literal_eval(text)
+        *sections, name = path.split(".")  # section.field, or a top-level field such as seed
+        node = config
+        for section in sections:
+            node = node[section]
+        node[name] = ast.literal_eval(text)
     start = time.perf_counter()
     sde, model, emas = train(config, args.objective, args.n_iters, args.ema)
     print(f"{args.config} objective {args.objective} {args.set}: {args.n_iters} steps in "
