@@ -110,6 +110,7 @@ def conditional_score_fn(sde, model: Callable, *, continuous: bool = True, predi
     network in training mode, for losses.dsm_loss(sde, with_labels(fn, labels), x0)."""
     from . import parameterization
     kind = parameterization.model_prediction_kind(model, prediction)
+    pre = parameterization.model_preconditioning(model)  # EDM's F (issue 12); the lambda below hides it
 
     def fn(x: torch.Tensor, t: torch.Tensor, label: Optional[torch.Tensor]) -> torch.Tensor:
         if label is None:
@@ -121,7 +122,8 @@ def conditional_score_fn(sde, model: Callable, *, continuous: bool = True, predi
         if isinstance(model, torch.nn.Module):
             model.train(train)
         net = lambda xx, noise_label: model(xx, noise_label, y=label)  # noqa: E731
-        return parameterization.get_score_fn(sde, net, continuous=continuous, prediction=kind)(x, t)
+        return parameterization.get_score_fn(sde, net, continuous=continuous, prediction=kind,
+                                             preconditioning=pre)(x, t)
     return fn
 
 

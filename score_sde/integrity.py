@@ -23,6 +23,7 @@ FINGERPRINT_FIELDS = (
     "model.fourier_scale", "model.nonlinearity", "model.conditional", "model.nf", "model.ch_mult",
     "model.num_res_blocks", "model.attn_resolutions", "model.hidden_dims", "model.embedding_dim",
     "data.centered", "data.num_channels", "data.image_size", "data.dim",
+    "model.preconditioning", "model.sigma_data",  # issue 12 (p4edm): EDM's F means nothing without its D
 )
 
 

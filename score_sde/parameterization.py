@@ -9,7 +9,7 @@ predicts (its `prediction` attribute); this module is the only place that conver
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -83,17 +83,42 @@ def model_prediction_kind(model: nn.Module, prediction: Optional[str]) -> str:
     return kind
 
 
+def model_preconditioning(model: nn.Module) -> Any:
+    """The network's preconditioning (models.preconditioning.EDMPreconditioning, attached by get_model from
+    model.preconditioning) or None, looking through DistributedDataParallel / compile wrappers."""
+    inner = getattr(model, "module", model)
+    return getattr(model, "preconditioning", None) or getattr(inner, "preconditioning", None)
+
+
+def preconditioned_x0(sde: SDE, model: Any, pre: Any, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """EDM's D(x_t/m; sigma) (Karras et al. 2022, eq. 7), the x0 prediction of a preconditioned network F."""
+    t64 = t.double()
+    x_hat = x / batch_broadcast(sde.mean_coeff(t64).to(x.dtype), x)      # x_t = m (x0 + sigma n)
+    return pre.denoise(model, x_hat, sde.sigma(t64))
+
+
 def get_prediction_fn(sde: SDE, model: nn.Module, dst: str, *, continuous: bool = True,
-                      prediction: Optional[str] = None, train: bool = False) -> TensorFn:
-    """Wrap a network model(x, labels) into fn(x, t) returning the `dst` prediction at time t."""
-    src = model_prediction_kind(model, prediction)
+                      prediction: Optional[str] = None, train: bool = False,
+                      preconditioning: Any = None) -> TensorFn:
+    """Wrap a network model(x, labels) into fn(x, t) returning the `dst` prediction at time t.
+
+    A preconditioned network (`preconditioning`, else the model's attribute; see model_preconditioning) is
+    EDM's F: it sees c_in x_t/m and c_noise, and its denoiser D is the prediction (continuous time only)."""
+    pre = preconditioning or model_preconditioning(model)
+    if pre is not None and not continuous:
+        raise ValueError("EDM preconditioning needs continuous time (sigma between the discrete levels); set "
+                         "training.continuous=True or model.preconditioning='none'")
+    src = "x0" if pre is not None else model_prediction_kind(model, prediction)
     _check(dst)
 
     def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         check_time(x, t)
         if isinstance(model, nn.Module):
             model.train(train)
-        out = model(x, sde.network_label(t, continuous)).to(x.dtype)  # convert in full precision
+        if pre is not None:
+            out = preconditioned_x0(sde, model, pre, x, t)
+        else:
+            out = model(x, sde.network_label(t, continuous)).to(x.dtype)  # convert in full precision
         if out.shape != x.shape:
             raise ValueError(f"network output shape {tuple(out.shape)} differs from its input "
                              f"{tuple(x.shape)}; the model must return a tensor shaped like x")
@@ -105,10 +130,10 @@ def get_prediction_fn(sde: SDE, model: nn.Module, dst: str, *, continuous: bool 
 
 
 def get_score_fn(sde: SDE, model: nn.Module, *, continuous: bool = True,
-                 prediction: Optional[str] = None, train: bool = False) -> TensorFn:
+                 prediction: Optional[str] = None, train: bool = False, preconditioning: Any = None) -> TensorFn:
     """Wrap a network into score_fn(x, t) = grad_x log p_t(x), the interface of every sampler."""
     return get_prediction_fn(sde, model, "score", continuous=continuous,
-                             prediction=prediction, train=train)
+                             prediction=prediction, train=train, preconditioning=preconditioning)
 
 
 def score_to_prediction_fn(sde: SDE, score_fn: TensorFn, dst: str) -> TensorFn:

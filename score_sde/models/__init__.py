@@ -2,7 +2,8 @@
 
 Every model maps ``(x, labels)`` to a tensor shaped like ``x``; ``labels`` is a [B] tensor
 (float time/sigma label or long level index, see ``SDE.network_label``).  Each model carries
-``prediction`` in ``score_sde.parameterization.PREDICTIONS``: what its output means.
+``prediction`` in ``score_sde.parameterization.PREDICTIONS``: what its output means, and
+``preconditioning`` (None, or EDM's: then its output is EDM's F, see ``preconditioning.py``).
 """
 from __future__ import annotations
 
@@ -55,6 +56,11 @@ def get_model(config) -> nn.Module:
     # unconditional: built exactly as before (same constructor call, same parameters, same state dict)
     model = _MODELS[name](config) if num_classes is None else _MODELS[name](config, num_classes=num_classes)
     model.prediction = default_prediction(config)
+    # issue 12 (p4edm): EDM's preconditioning, read by parameterization.get_prediction_fn (not in the state dict)
+    from .preconditioning import get_preconditioning
+    model.preconditioning = get_preconditioning(str(config.model.get("preconditioning", "none")),
+                                                config.model.get("sigma_data", 0.5),
+                                                getattr(model, "log_noise_labels", False))
     return model
 
 

@@ -242,6 +242,11 @@ class UNet(nn.Module):
             self.null_class = o.num_classes
 
     # ------------------------------------------------------------------ forward
+    @property
+    def log_noise_labels(self) -> bool:
+        """True when the noise embedding takes log(label) (Fourier features): labels must be positive."""
+        return self.noise_embed.fourier is not None
+
     def _sigma_of(self, labels: torch.Tensor) -> torch.Tensor:
         """Noise level of each label: the label itself (Fourier/continuous VE) or sigmas[label]."""
         if self.noise_embed.fourier is not None:

@@ -33,6 +33,7 @@ TRACES = ("exact", "hutchinson-rademacher", "hutchinson-gaussian")
 LIKELIHOOD_TRACES = TRACES + ("hutchinson-orthogonal",)
 WEIGHTINGS = ("eps", "likelihood", "x0", "v", "edm")     # losses.WEIGHTINGS
 TIME_SAMPLINGS = ("uniform", "importance", "lognormal")  # losses.TIME_SAMPLINGS
+PRECONDITIONINGS = ("none", "edm")                       # models.preconditioning.PRECONDITIONINGS
 # sampler keyword arguments the pipeline fills itself (not config fields)
 RUNTIME_OPTIONS = ("device", "dtype", "progress")
 
@@ -166,6 +167,9 @@ class ModelSpec(Section):
     arch: Mapping[str, Any] = field(default_factory=dict)   # read by the model's constructor
     # issue 12: improved DDPM's learned reverse variances (2x output channels; discrete VP training)
     learned_variance: bool = False
+    # issue 12 (p4edm): EDM's network preconditioning (Karras et al. 2022, eq. 7); see docs/models.md
+    preconditioning: str = "none"           # none | edm (the network is EDM's F; continuous time only)
+    sigma_data: float = 0.5                 # EDM's sigma_data: the data's std (0.5 for images in [-1, 1])
 
     def __getattr__(self, name: str) -> Any:  # only called for names that are not fields
         arch = self.__dict__.get("arch", {})
@@ -188,6 +192,10 @@ class ModelSpec(Section):
             raise ValueError(f"config.model.ema_rate must be in [0, 1), got {self.ema_rate!r}")
         _positive("model", num_scales=self.num_scales)
         _bools("model", self, "learned_variance")
+        _choice("model", "preconditioning", self.preconditioning, PRECONDITIONINGS)  # issue 12 (p4edm)
+        if isinstance(self.sigma_data, bool) or not isinstance(self.sigma_data, (int, float)) or not self.sigma_data > 0:
+            raise ValueError(f"config.model.sigma_data must be > 0 (the data's std; 0.5 for images in [-1, 1]), "
+                             f"got {self.sigma_data!r}")
 
 
 @dataclass(frozen=True)
@@ -212,6 +220,9 @@ class TrainingSpec(Section):
     hybrid_lambda: float = 1e-3             # improved DDPM's L_simple + lambda L_vlb (model.learned_variance)
     # issue 11: probability of replacing a label by the null class (classifier-free training)
     label_dropout: float = 0.0
+    # issue 12 (p4edm): EDM's P_mean, P_std of time_sampling='lognormal' (ln sigma ~ N(P_mean, P_std^2))
+    lognormal_mean: float = -1.2
+    lognormal_std: float = 1.2
 
     def _check(self) -> None:
         object.__setattr__(self, "sde", str(self.sde).lower())
@@ -229,6 +240,8 @@ class TrainingSpec(Section):
         _choice("training", "time_sampling", self.time_sampling, TIME_SAMPLINGS)
         if not self.hybrid_lambda >= 0:
             raise ValueError(f"config.training.hybrid_lambda must be >= 0, got {self.hybrid_lambda!r}")
+        if isinstance(self.lognormal_std, bool) or not self.lognormal_std > 0:  # issue 12 (p4edm)
+            raise ValueError(f"config.training.lognormal_std must be > 0 (EDM's P_std: 1.2), got {self.lognormal_std!r}")
         _positive("training", batch_size=self.batch_size, n_iters=self.n_iters, log_freq=self.log_freq,
                   eval_freq=self.eval_freq, snapshot_freq=self.snapshot_freq,
                   snapshot_freq_for_preemption=self.snapshot_freq_for_preemption)
@@ -609,6 +622,25 @@ def check_likelihood_fields(spec: "Spec") -> None:
     if spec.eval.vlb_variance == "learned" and not spec.model.learned_variance:
         raise ValueError("eval.vlb_variance='learned' needs a network with learned variances; set "
                          "model.learned_variance=True or eval.vlb_variance='beta'")
+    if spec.model.preconditioning == "edm":
+        check_preconditioning(spec)
+
+
+def check_preconditioning(spec: "Spec") -> None:
+    """EDM's preconditioning (issue 12, p4edm): what the wrapped network F must be for D to be right."""
+    m = spec.model
+    if not spec.training.continuous:
+        raise ValueError("model.preconditioning='edm' needs continuous time (sigma between the discrete levels); "
+                         "set training.continuous=True or model.preconditioning='none'")
+    if m.prediction is not None:
+        raise ValueError(f"model.preconditioning='edm' makes the network predict EDM's F, not "
+                         f"model.prediction={m.prediction!r}; unset model.prediction")
+    if m.get("scale_by_sigma", False):
+        raise ValueError("model.scale_by_sigma divides the output by the noise label, which EDM's c_out "
+                         "replaces; set model.scale_by_sigma=False with model.preconditioning='edm'")
+    if not spec.data.is_toy and not spec.data.centered:
+        raise ValueError("model.preconditioning='edm' assumes zero-mean data (the networks shift uncentered "
+                         "inputs by 2x - 1); set data.centered=True")
 
 
 def step_options(spec: "Spec") -> Dict[str, Any]:
@@ -616,7 +648,11 @@ def step_options(spec: "Spec") -> Dict[str, Any]:
     tr, data = spec.training, spec.data
     out: Dict[str, Any] = dict(kind=tr.loss_kind, continuous=tr.continuous, reduce_mean=tr.reduce_mean,
                                likelihood_weighting=tr.likelihood_weighting, prediction=spec.model.prediction,
-                               weighting=tr.weighting, time_sampling=tr.time_sampling)
+                               weighting=tr.weighting, time_sampling=tr.time_sampling,
+                               sigma_data=float(spec.model.sigma_data), p_mean=float(tr.lognormal_mean),
+                               p_std=float(tr.lognormal_std))
+    if spec.model.preconditioning == "edm" and tr.weighting is None and not tr.likelihood_weighting:
+        out["weighting"] = "edm"  # EDM's lambda(sigma): F's target at unit weight (issue 12, p4edm)
     if spec.model.learned_variance:
         levels = data.get("num_levels") or 256
         out.update(learned_variance=True, vlb_weight=tr.hybrid_lambda, num_levels=int(levels),
