@@ -194,7 +194,7 @@ def test_samplers_meet_issue_13_targets_on_both_kinds_of_mixture():
 
 def test_deis_step_integrates_polynomial_slopes_exactly():
     """DEIS eq. 15: with eps(sigma) a polynomial of degree k - 1 along the path, the k-node step is exact."""
-    from score_sde.sampling.deis_unipc import deis_step
+    from score_sde.sampling.ipndm import deis_step
     poly = [0.3, -1.2, 0.5]                                     # eps(s) = 0.3 - 1.2 s + 0.5 s^2 (times a vector)
     v = torch.tensor([1.0, -2.0], dtype=torch.float64)
     sigmas = [3.0, 1.7, 0.9, 0.35]                              # three history levels, then the target

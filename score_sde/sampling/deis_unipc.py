@@ -24,7 +24,7 @@ import torch
 
 from . import sigma_space, unipc
 from .common import EDM_SIGMA_MAX
-from .ipndm import ADAMS_BASHFORTH, lagrange_weights
+from .ipndm import check_order, deis_step
 from .registry import register_sampler
 
 # The band of DEIS steps, sigma in data units (data of scale ~1, as images on [-1, 1]): above the fine-scale
@@ -32,14 +32,6 @@ from .registry import register_sampler
 # the benchmark mixtures and digits: bench/RESULTS.md "One sampler for both regimes".
 DEIS_MIN = 0.1
 DEIS_MAX = 20.0
-
-
-def deis_step(x: torch.Tensor, eps: List[torch.Tensor], sigmas: List[float]) -> torch.Tensor:
-    """x' = x + int eps dsigma from sigmas[-2] to sigmas[-1], eps the Lagrange polynomial through the newest
-    len(eps) slopes made at sigmas[-1-len(eps):-1] (DEIS eq. 15 with rho = sigma)."""
-    nodes = sigmas[-1 - len(eps):-1][::-1]                      # newest first, as `eps`
-    weights = lagrange_weights(nodes, sigmas[-2], sigmas[-1])
-    return x + sum(w * e for w, e in zip(weights, eps[::-1]))
 
 
 def solve_deis_unipc(run: sigma_space.Run, x: torch.Tensor, sigmas: List[float], deis_min: float = DEIS_MIN,
@@ -83,14 +75,9 @@ def deis_unipc_sampler(sde, shape: Sequence[int], *, steps: int = 20, deis_min: 
     if not 0 <= deis_min <= deis_max:
         raise ValueError(f"need 0 <= deis_min <= deis_max (defaults {DEIS_MIN}, {DEIS_MAX}), got deis_min="
                          f"{deis_min!r}, deis_max={deis_max!r}")
-    if deis_order not in ADAMS_BASHFORTH:
-        raise ValueError(f"deis_order must be one of {sorted(ADAMS_BASHFORTH)}, got {deis_order!r}")
-    if order not in (1, 2, 3):
-        raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
-    if variant not in unipc.VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; choose one of {unipc.VARIANTS}")
+    check_order("deis_order", deis_order)
+    unipc.check_options(order, variant)
     sigmas = sigma_space.sigma_grid(sde, steps, schedule, rho, sigma_max, eps)
     return sigma_space.build("deis_unipc", solve_deis_unipc, sde, shape, sigmas, threshold=threshold,
                              device=device, dtype=dtype, progress=progress, deis_min=deis_min, deis_max=deis_max,
-                             deis_order=deis_order,
-                             order=order, variant=variant)
+                             deis_order=deis_order, order=order, variant=variant)

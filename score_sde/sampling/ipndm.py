@@ -38,18 +38,31 @@ def lagrange_weights(nodes: Sequence[float], a: float, b: float) -> List[float]:
     return weights
 
 
+def deis_step(x: torch.Tensor, eps: List[torch.Tensor], sigmas: List[float]) -> torch.Tensor:
+    """x' = x + int eps dsigma from sigmas[-2] to sigmas[-1], eps the Lagrange polynomial through the newest
+    len(eps) slopes (oldest first) made at sigmas[-1-len(eps):-1] (DEIS eq. 15 with rho = sigma)."""
+    nodes = sigmas[-1 - len(eps):-1][::-1]                      # newest first, as eps[::-1]
+    weights = lagrange_weights(nodes, sigmas[-2], sigmas[-1])
+    return x + sum(w * e for w, e in zip(weights, eps[::-1]))
+
+
+def check_order(name: str, order: int) -> None:
+    """An Adams-Bashforth order the table holds (1..4), else a one-line error naming the option."""
+    if order not in ADAMS_BASHFORTH:
+        raise ValueError(f"{name} must be one of {sorted(ADAMS_BASHFORTH)}, got {order!r}")
+
+
 def solve_ipndm(run: sigma_space.Run, x: torch.Tensor, sigmas: List[float], order: int = 4,
                 variable_step: bool = False) -> torch.Tensor:
     slopes: List[torch.Tensor] = []
     for i in run.steps(len(sigmas) - 1):
         x0 = run.denoise(x, sigmas[i])
         slopes = ([(x - x0) / sigmas[i]] + slopes)[:order]        # newest first
-        step = sigmas[i + 1] - sigmas[i]
         if variable_step:
-            coef = lagrange_weights(sigmas[i + 1 - len(slopes):i + 1][::-1], sigmas[i], sigmas[i + 1])
+            x = deis_step(x, slopes[::-1], sigmas[i + 1 - len(slopes):i + 2])
         else:
-            coef = [step * c for c in ADAMS_BASHFORTH[len(slopes)]]
-        x = x + sum(c * d for c, d in zip(coef, slopes))
+            step = sigmas[i + 1] - sigmas[i]
+            x = x + sum(step * c * d for c, d in zip(ADAMS_BASHFORTH[len(slopes)], slopes))
         run.report(i, sigmas[i + 1], x, x0)
     return x
 
@@ -63,8 +76,7 @@ def ipndm_sampler(sde, shape: Sequence[int], *, steps: int = 10, order: int = 4,
 
     schedule, rho, sigma_max, eps, threshold as for `euler`.
     """
-    if order not in ADAMS_BASHFORTH:
-        raise ValueError(f"order must be one of {sorted(ADAMS_BASHFORTH)}, got {order!r}")
+    check_order("order", order)
     sigmas = sigma_space.sigma_grid(sde, steps, schedule, rho, sigma_max, eps)
     return sigma_space.build("ipndm", solve_ipndm, sde, shape, sigmas, threshold=threshold, device=device,
                              dtype=dtype, progress=progress, order=order)
@@ -79,8 +91,7 @@ def deis_sampler(sde, shape: Sequence[int], *, steps: int = 10, order: int = 3, 
 
     schedule, rho, sigma_max, eps, threshold as for `euler`.
     """
-    if order not in ADAMS_BASHFORTH:
-        raise ValueError(f"order must be one of {sorted(ADAMS_BASHFORTH)}, got {order!r}")
+    check_order("order", order)
     sigmas = sigma_space.sigma_grid(sde, steps, schedule, rho, sigma_max, eps)
     return sigma_space.build("deis", solve_ipndm, sde, shape, sigmas, threshold=threshold, device=device,
                              dtype=dtype, progress=progress, order=order, variable_step=True)

@@ -84,6 +84,14 @@ def solve_unipc(run: sigma_space.Run, x: torch.Tensor, sigmas: List[float], orde
     return x
 
 
+def check_options(order: int, variant: str) -> None:
+    """UniPC's predictor order (1..3) and B(h) variant, else a one-line error naming the valid values."""
+    if order not in (1, 2, 3):
+        raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
+
+
 @register_sampler("unipc", "sample_unipc")
 def unipc_sampler(sde, shape: Sequence[int], *, steps: int = 10, order: int = 2, variant: str = "bh2",
                   lower_order_final: bool = True, schedule: str = "logSNR", rho: float = 7.0,
@@ -98,10 +106,7 @@ def unipc_sampler(sde, shape: Sequence[int], *, steps: int = 10, order: int = 2,
     order (as the reference implementation). The last of the `steps` calls, at the final level, is returned as the
     denoised estimate (no corrector there). schedule, rho, sigma_max, eps, threshold as for `euler`.
     """
-    if order not in (1, 2, 3):
-        raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
+    check_options(order, variant)
     sigmas = sigma_space.sigma_grid(sde, steps, schedule, rho, sigma_max, eps)
     return sigma_space.build("unipc", solve_unipc, sde, shape, sigmas, threshold=threshold, device=device,
                              dtype=dtype, progress=progress, order=order, variant=variant,
