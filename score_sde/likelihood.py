@@ -265,7 +265,7 @@ def quadrature_nll(sde, score_fn: ScoreFn, x: torch.Tensor, *, nodes: int, eps: 
     plain = pf_drift(sde, counted)
 
     def ode_fn(u: float, state: Tuple[torch.Tensor]) -> Tuple[torch.Tensor]:
-        t, dt_du = time_of_log_sigma(sde, torch.tensor(u))
+        t, dt_du = time_of_log_sigma(sde, torch.tensor(u, dtype=torch.float64))
         with torch.no_grad():   # dx/du = f~(x, t(u)) dt/du
             return (plain(state[0], batch_time(float(t), state[0])) * float(dt_du),)
 
