@@ -50,7 +50,9 @@ def evaluate_checkpoint(ctx: EvalContext, folder: str, step: int, source: str) -
         settings = dict(base, dataset=ev.bpd_dataset, likelihood=ev.likelihood.to_dict(),
                         num_repeats=ev.bpd_num_repeats, num_batches=ev.bpd_num_batches,
                         batch_size=ev.batch_size,
-                        **({"dequant_samples": ev.bpd_dequant_samples} if ev.bpd_dequant_samples > 1 else {}))
+                        **({"dequant_samples": ev.bpd_dequant_samples} if ev.bpd_dequant_samples > 1 else {}),
+                        **({"dequantization": ev.dequantization, "dequantization_sigma": ev.dequantization_sigma}
+                           if ev.dequantization != "uniform" else {}))
         store = shards.ShardStore(os.path.join(folder, "bpd_shards"), settings, ctx.checkpoint_id)
         if run_once(ctx, os.path.join(folder, "bpd.json"), settings, lambda: eval_bpd(ctx, ctx.score_fn(), store)) \
                 and ctx.info.is_main:

@@ -303,12 +303,50 @@ def test_image_bits_per_dim_uses_levels_and_centering(centered, expected):
     np.testing.assert_allclose(bpd.numpy(), expected, rtol=1e-12)
 
 
-def test_bpd_split_is_dequantized_even_when_config_is_not():
+def test_bpd_split_gives_bin_centres_even_when_training_dequantizes():
     cfg = tiny_config()
     cfg.data.update(dict(dataset="digits", num_levels=17, image_size=8, num_channels=1))
-    cfg.data.uniform_dequantization = False
+    cfg.data.uniform_dequantization = True
     torch.manual_seed(0)
-    x = evaluation._split(cfg, "test", dequantize=True)[0] * 17
-    centres = evaluation._split(cfg, "test")[0] * 17           # bin centres k + 0.5
+    x = evaluation._split(cfg, "test")[0] * 17                 # as training sees it: k + u
+    centres = evaluation._split(cfg, "test", centres=True)[0] * 17
     assert torch.equal(torch.floor(x), torch.floor(centres))   # same levels k
+    assert torch.equal(centres - torch.floor(centres), torch.full_like(x, 0.5))
     assert not torch.allclose(x - torch.floor(x), torch.full_like(x, 0.5))
+
+
+@pytest.mark.parametrize("dequantizer", ["uniform", "truncated_normal"])
+def test_eval_bits_per_dim_is_the_dequantized_bound_of_the_bin_centres(tmp_path, dequantizer):
+    """bpd.json's figure is dequantization.discrete_nll of the eval split's bin centres under batch 0's
+    generator, over d ln 2; the truncated normal's sigma (None: a quarter bin) is reported and keys the cache."""
+    from score_sde import datasets, dequantization, shards
+
+    cfg = _tiny_digits_config("unused", enable_fid=False, enable_sampling=False, enable_bpd=True, batch_size=3,
+                              bpd_num_batches=1, dequantization=dequantizer)
+    cfg.eval.likelihood.update(dict(trace="hutchinson-rademacher", rtol=1e-3, atol=1e-3))
+    torch.manual_seed(0)
+    state = builders.create_state(cfg, torch.device("cpu"))
+    checkpoint.save_checkpoint(checkpoint.checkpoint_path(str(tmp_path), 1),
+                               builders.state_dict_for_checkpoint(dict(state, step=1)))
+    evaluation.evaluate(cfg, str(tmp_path))
+    bpd = json.load(open(os.path.join(str(tmp_path), "eval", "ckpt_1", "bpd.json")))
+    assert bpd["dequantization"] == dequantizer
+    sigma = 2.0 / 17 / 4 if dequantizer == "truncated_normal" else None
+    assert bpd.get("dequantization_sigma") == sigma and bpd["settings"].get("dequantization_sigma", None) is None
+    _, test = datasets.get_dataset(_centred(cfg))
+    y = 2 * torch.stack([test[i] for i in range(3)]) - 1
+    ema = state["ema"]
+    ema.copy_to(state["model"].parameters())
+    score_fn = builders.score_fn_from_model(cfg, builders.sde_from_config(cfg), state["model"].eval())
+    nats, _ = dequantization.discrete_nll(builders.sde_from_config(cfg), score_fn, y, num_levels=17, data_scale=2.0,
+                                          dequantizer=dequantizer, sigma=sigma, trace="hutchinson-rademacher",
+                                          rtol=1e-3, atol=1e-3,
+                                          generator=shards.batch_generator(cfg.seed, shards.STREAM_BPD, 0))
+    assert bpd["bits_per_dim"] == pytest.approx(float(nats.mean()) / (64 * math.log(2)), rel=1e-6)
+
+
+def _centred(cfg):
+    """A copy of the ConfigDict whose data are not dequantized: the bin centres."""
+    out = ml_collections.ConfigDict(cfg.to_dict())
+    out.data.uniform_dequantization = False
+    return out

@@ -35,11 +35,11 @@ class EvalContext:
     data: Dict[Any, Any] = field(default_factory=dict)   # splits (and reference features) built once per run
     checkpoint_id: str = ""          # checkpoint.content_id of the loaded weights (keys the done-cache)
 
-    def split(self, name: str, dequantize: bool = False):
+    def split(self, name: str, centres: bool = False):
         """The data split `name` ('train' or 'test'), built on first use and kept for every checkpoint."""
-        if (name, dequantize) not in self.data:
-            self.data[name, dequantize] = split(self.config, name, dequantize)
-        return self.data[name, dequantize]
+        if (name, centres) not in self.data:
+            self.data[name, centres] = split(self.config, name, centres)
+        return self.data[name, centres]
 
     @property
     def model(self) -> torch.nn.Module:
@@ -128,11 +128,12 @@ def batches(ds, indices: Sequence[int], batch_size: int, bar: Optional[str] = No
         yield torch.stack([ds[i] for i in indices[start:start + batch_size]])
 
 
-def split(spec: Spec, name: str, dequantize: bool = False):
-    """The 'train' or 'test'/'eval' split; images uniformly dequantized and unflipped if asked."""
+def split(spec: Spec, name: str, centres: bool = False):
+    """The 'train' or 'test'/'eval' split; with `centres` the images' bin centres (k + 1/2)/L, unflipped,
+    whatever the training transforms: the likelihoods dequantize them themselves."""
     spec = as_spec(spec)
-    if dequantize:
-        spec = spec.replace(data={"uniform_dequantization": True, "random_flip": False})
+    if centres:
+        spec = spec.replace(data={"uniform_dequantization": False, "random_flip": False})
     train, evals = datasets.get_dataset(spec.replace(data={"num_classes": None}))  # images only (issue 11)
     return train if name == "train" else evals
 

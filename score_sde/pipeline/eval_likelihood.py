@@ -8,10 +8,9 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
-from .. import datasets, distributed, likelihood, losses, shards
-from ..data_stream import keyed_seed
+from .. import datasets, dequantization, distributed, likelihood, losses, shards
 from . import spec as spec_lib
-from .eval_context import EvalContext, batches, split
+from .eval_context import EvalContext, batches
 from .spec import Spec, as_spec
 
 log = logging.getLogger(__name__)
@@ -44,45 +43,63 @@ def bits_per_dim(nll: torch.Tensor, config: Any, shape: Tuple[int, ...]) -> torc
     return torch.as_tensor(likelihood.bits_per_dim(nll, shape, num_levels=int(levels), data_scale=scale))
 
 
+def dequantizer_options(spec: Spec) -> Dict[str, Any]:
+    """dequantization.discrete_nll's data options: levels, scale, eval.dequantization and its sigma
+    (None: a quarter of the bin width)."""
+    levels, scale = int(spec.data.num_levels), 2.0 if spec.data.centered else 1.0
+    sigma = spec.eval.dequantization_sigma
+    if spec.eval.dequantization == "truncated_normal" and sigma is None:
+        sigma = dequantization.bin_width(levels, scale) / 4
+    return dict(num_levels=levels, data_scale=scale, dequantizer=spec.eval.dequantization, sigma=sigma)
+
+
 def eval_bpd(ctx: EvalContext, score_fn: Callable, store: Optional[shards.ShardStore] = None) -> Dict[str, float]:
     """Bits/dim on eval.bpd_dataset via the probability-flow ODE with the eval.likelihood protocol, averaged
     over eval.bpd_num_repeats passes (fresh dequantization noise and probes each); the standard error is
     over the examples' per-pass means.
 
-    With eval.bpd_dequant_samples = K > 1 each item is dequantized K times and its nll is the
-    importance-weighted bound over the K draws (likelihood.importance_weighted_nll): tighter than one draw.
+    Discrete data are dequantized by eval.dequantization (score_sde.dequantization: uniform, or the
+    truncated normal at eval.dequantization_sigma); with eval.bpd_dequant_samples = K > 1 each item is
+    dequantized K times and its code length is the importance-weighted bound over the K draws.
 
     Batch k = r * num_batches + j (pass r, items [j*B, (j+1)*B)) seeds its dequantization noise and trace
     probes from (config.seed, k): results do not depend on the number of processes, and with a `store` a
     killed job resumes at its first missing batch with identical results (score_sde.shards)."""
     cfg, info = ctx.config, ctx.info
-    ds = ctx.split(cfg.eval.bpd_dataset, dequantize=True)
+    ds = ctx.split(cfg.eval.bpd_dataset, centres=True)
     bs, limit = cfg.eval.batch_size, cfg.eval.bpd_num_batches
     n = len(ds) if not limit else min(len(ds), limit * bs)
-    nll_fn = likelihood.get_likelihood_fn(ctx.sde, **cfg.eval.likelihood.options())
-    scaler = datasets.get_data_scaler(cfg)
-    num_batches, repeats = -(-n // bs), cfg.eval.bpd_num_repeats
-
-    draws = cfg.eval.bpd_dequant_samples
+    options, scaler = cfg.eval.likelihood.options(), datasets.get_data_scaler(cfg)
+    discrete = not cfg.data.is_toy and bool(cfg.data.num_levels)
+    num_batches, repeats, draws = -(-n // bs), cfg.eval.bpd_num_repeats, cfg.eval.bpd_dequant_samples
+    d = math.prod(ctx.shape)
 
     def batch(k: int) -> Dict[str, torch.Tensor]:
         j = k % num_batches
-        torch.manual_seed(keyed_seed(ctx.seed, shards.STREAM_BPD, k, 0))  # the items' dequantization noise
-        x = torch.stack([ds[i] for i in range(j * bs, min(n, (j + 1) * bs)) for _ in range(draws)])
-        gen = shards.batch_generator(ctx.seed, shards.STREAM_BPD, k)
-        nll, _, nfe = nll_fn(score_fn, scaler(x.to(info.device)), generator=gen)
-        nll = likelihood.importance_weighted_nll(nll.detach().double().reshape(-1, draws))
-        return {"nll": nll, "nfe": torch.tensor([float(nfe)], dtype=torch.float64)}
+        y = scaler(torch.stack([ds[i] for i in range(j * bs, min(n, (j + 1) * bs))]).to(info.device))
+        gen = shards.batch_generator(ctx.seed, shards.STREAM_BPD, k)   # dequantization noise, then probes
+        if discrete:
+            nats, nfe = dequantization.discrete_nll(ctx.sde, score_fn, y, draws=draws, generator=gen,
+                                                    **dequantizer_options(cfg), **options)
+        else:   # toys: the density itself, each draw the same point
+            nll, _, nfe = likelihood.get_likelihood_fn(ctx.sde, **options)(
+                score_fn, y.repeat_interleave(draws, dim=0), generator=gen)
+            nats = likelihood.importance_weighted_nll(nll.detach().double().reshape(-1, draws))
+        return {"nll": nats.detach().double(), "nfe": torch.tensor([float(nfe)], dtype=torch.float64)}
 
     out = shards.run_batches(batch, num_batches * repeats, info, store, ctx.bar("bits/dim"))
     nll = out.get("nll", torch.zeros(0, dtype=torch.float64)).reshape(repeats, -1)   # [repeats, examples]
     nfe = out.get("nfe", torch.zeros(0, dtype=torch.float64))
-    bpd = bits_per_dim(nll.reshape(-1), cfg, ctx.shape).double().reshape(nll.shape)
+    bpd = nll / (d * math.log(2.0))
     per_example = bpd.mean(dim=0)
     result = {"bits_per_dim": float(bpd.mean()) if bpd.numel() else float("nan"),
               "bits_per_dim_stderr": float(per_example.std() / math.sqrt(len(per_example)))
               if len(per_example) > 1 else 0.0, "nll_nats": float(nll.mean()) if nll.numel() else float("nan"),
               "num_examples": int(nll.shape[1]), "nfe_mean": float(nfe.mean()) if len(nfe) else 0.0}
+    if discrete:
+        result.update(dequantization=cfg.eval.dequantization)
+        if cfg.eval.dequantization == "truncated_normal":
+            result.update(dequantization_sigma=dequantizer_options(cfg)["sigma"])
     if repeats > 1:
         result.update(num_repeats=repeats, bits_per_dim_passes=[float(b) for b in bpd.mean(dim=1)])
     if draws > 1:
@@ -100,7 +117,7 @@ def eval_vlb(ctx: EvalContext) -> Dict[str, Any]:
     eval.bpd_dataset: per-term nats and bits/dim; discretized decoder on image levels, Gaussian on toys.
     Bits/dim = total / (d ln 2): a code length of the discrete data, comparable with the ODE's bits/dim."""
     cfg, info = ctx.config, ctx.info
-    ds = split(cfg.replace(data={"uniform_dequantization": False, "random_flip": False}), cfg.eval.bpd_dataset)
+    ds = ctx.split(cfg.eval.bpd_dataset, centres=True)
     bs, limit = cfg.eval.batch_size, cfg.eval.bpd_num_batches
     n = len(ds) if not limit else min(len(ds), limit * bs)
     variance, levels = vlb_variance(cfg), cfg.data.get("num_levels")

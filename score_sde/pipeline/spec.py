@@ -31,6 +31,7 @@ DEVICES = ("auto", "cpu", "cuda")
 SPLITS = ("test", "train")
 TRACES = ("exact", "hutchinson-rademacher", "hutchinson-gaussian")
 LIKELIHOOD_TRACES = TRACES + ("hutchinson-orthogonal",)
+DEQUANTIZERS = ("uniform", "truncated_normal")          # dequantization.DEQUANTIZERS
 WEIGHTINGS = ("eps", "likelihood", "x0", "v", "edm")     # losses.WEIGHTINGS
 TIME_SAMPLINGS = ("uniform", "importance", "lognormal")  # losses.TIME_SAMPLINGS
 PRECONDITIONINGS = ("none", "edm")                       # models.preconditioning.PRECONDITIONINGS
@@ -444,6 +445,11 @@ class EvalSpec(Section):
     # session 4 (issue 12): K dequantization draws per item combined into the importance-weighted bound
     # -log (1/K sum_j p(k + u_j)) (likelihood.importance_weighted_nll); 1: the plain uniform bound
     bpd_dequant_samples: int = 1
+    # session 5 (issue 12): how the ODE's density becomes a code length of discrete data
+    # (score_sde.dequantization): uniform (score_sde_pytorch's protocol) or truncated_normal (Zheng et al.
+    # 2023: the forward noise at dequantization_sigma, cut to the bin; for models trained undequantized)
+    dequantization: str = "uniform"
+    dequantization_sigma: Optional[float] = None   # model-space sigma; None: a quarter of the bin width
 
     def _check(self) -> None:
         _positive("eval", batch_size=self.batch_size, num_samples=self.num_samples,
@@ -453,6 +459,15 @@ class EvalSpec(Section):
                              "Hutchinson noise biases the importance-weighted bound; set "
                              "eval.likelihood.trace='exact' or eval.likelihood.nodes (e.g. 32 with num_probes=8)")
         _bools("eval", self, "enable_is", "enable_kid")
+        _choice("eval", "dequantization", self.dequantization, DEQUANTIZERS)
+        if self.dequantization_sigma is not None:
+            if self.dequantization != "truncated_normal":
+                raise ValueError("config.eval.dequantization_sigma is the truncated normal's; set "
+                                 "eval.dequantization='truncated_normal' or leave the sigma None")
+            if isinstance(self.dequantization_sigma, bool) or not (
+                    isinstance(self.dequantization_sigma, (int, float)) and self.dequantization_sigma > 0):
+                raise ValueError(f"config.eval.dequantization_sigma must be a positive float (model-space noise, "
+                                 f"e.g. 0.04 for 17-level digits), got {self.dequantization_sigma!r}")
         _choice("eval", "fid_rounding", self.fid_rounding, ("round", "floor"))
         if self.fid_stats is not None and not str(self.fid_stats).endswith(".npz"):
             raise ValueError(f"config.eval.fid_stats={self.fid_stats!r} must be an .npz path (or None)")
@@ -624,6 +639,9 @@ def check_likelihood_fields(spec: "Spec") -> None:
                          "model.learned_variance=True or eval.vlb_variance='beta'")
     if spec.model.preconditioning == "edm":
         check_preconditioning(spec)
+    if spec.eval.dequantization != "uniform" and (spec.data.is_toy or not spec.data.num_levels):
+        raise ValueError(f"eval.dequantization={spec.eval.dequantization!r} dequantizes discrete data, and "
+                         f"{spec.data.dataset!r} has no data.num_levels; set eval.dequantization='uniform'")
 
 
 def check_preconditioning(spec: "Spec") -> None:
