@@ -343,6 +343,12 @@ def test_eval_bits_per_dim_is_the_dequantized_bound_of_the_bin_centres(tmp_path,
                                           rtol=1e-3, atol=1e-3,
                                           generator=shards.batch_generator(cfg.seed, shards.STREAM_BPD, 0))
     assert bpd["bits_per_dim"] == pytest.approx(float(nats.mean()) / (64 * math.log(2)), rel=1e-6)
+    # score_sde.load(...).bits_per_dim: the same bound, from data-space items anywhere inside their bins
+    import score_sde
+    exp = score_sde.load(str(tmp_path), config=cfg)
+    jittered = (y + 1) / 2 + (torch.rand(y.shape) - 0.5) / 17
+    per_item = exp.bits_per_dim(jittered, generator=shards.batch_generator(cfg.seed, shards.STREAM_BPD, 0))
+    assert float(per_item.mean()) == pytest.approx(bpd["bits_per_dim"], rel=1e-6)
 
 
 def _centred(cfg):

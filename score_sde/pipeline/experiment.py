@@ -7,13 +7,14 @@
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
 
-from .. import builders, checkpoint, datasets, likelihood, schedule_store, sde_lib
+from .. import builders, checkpoint, datasets, dequantization, likelihood, schedule_store, sde_lib
 from ..models.ema import ExponentialMovingAverage
 from . import eval_likelihood
 from .spec import Spec, as_spec
@@ -60,11 +61,22 @@ class Experiment:
         nll, _, _ = nll_fn(self.score_fn, x.to(self.device), generator=generator)
         return nll.detach()
 
-    def bits_per_dim(self, batch: torch.Tensor, **options: Any) -> torch.Tensor:
-        """Bits/dim of each item of a data-space batch (images in [0, 1], dequantized as the data sets
-        yield them; toy points as drawn); nll options as in `nll`."""
+    def bits_per_dim(self, batch: torch.Tensor, *, generator: Optional[torch.Generator] = None,
+                     **options: Any) -> torch.Tensor:
+        """Bits/dim of each item of a data-space batch as the data sets yield it (toy points as drawn;
+        images in [0, 1], dequantized or not): images are snapped to their bins' centres and dequantized by
+        the spec's eval.dequantization, as --mode eval does; nll options as in `nll`."""
         x = datasets.get_data_scaler(self.spec)(batch.to(self.device))
-        return eval_likelihood.bits_per_dim(self.nll(x, **options).double(), self.spec, self.spec.shape)
+        data = self.spec.data
+        if data.is_toy or not data.num_levels:
+            return eval_likelihood.bits_per_dim(self.nll(x, generator=generator, **options).double(), self.spec,
+                                                self.spec.shape)
+        levels = int(data.num_levels)
+        centres = datasets.get_data_scaler(self.spec)((torch.floor(batch.clamp(0, 1 - 1e-7) * levels) + 0.5) / levels)
+        nats, _ = dequantization.discrete_nll(self.sde, self.score_fn, centres.to(self.device), generator=generator,
+                                              **eval_likelihood.dequantizer_options(self.spec),
+                                              **{**self.spec.eval.likelihood.options(), **options})
+        return nats / (math.prod(self.spec.shape) * math.log(2.0))
 
 
 def load(path: str, *, config: Any = None, device: Any = None, ema: bool = True) -> Experiment:
