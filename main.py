@@ -1,7 +1,7 @@
 """Command line: train, evaluate or sample a score-based model from a config file.
 
-    python main.py --config configs/vp/digits_ddpmpp_continuous.py --workdir runs/digits_vp --mode train
-    python main.py --config configs/vp/digits_ddpmpp_continuous.py --workdir runs/digits_vp --mode eval \
+    python main.py --config configs/vp/digits_edm.py --workdir runs/digits_vp --mode train
+    python main.py --config configs/vp/digits_edm.py --workdir runs/digits_vp --mode eval \
         --config.sampling.method=ode
 
 Any config field can be overridden with --config.<section>.<field>=<value>; a misspelled field is an

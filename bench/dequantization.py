@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import score_sde  # noqa: E402
 from score_sde import datasets, dequantization  # noqa: E402
 from score_sde.pipeline.eval_context import split  # noqa: E402
+from score_sde.pipeline.eval_likelihood import dequantizer_options  # noqa: E402
 
 
 def main() -> None:
@@ -41,15 +42,15 @@ def main() -> None:
     ds = split(spec, args.split, centres=True)
     n = min(args.items, len(ds))
     y = datasets.get_data_scaler(spec)(torch.stack([ds[i] for i in range(n)])).to(exp.device)
-    levels, scale = int(spec.data.num_levels), 2.0 if spec.data.centered else 1.0
-    width, d = dequantization.bin_width(levels, scale), y[0].numel()
+    data = dequantizer_options(spec)          # levels, scale and shift of the model space
+    levels, width, d = data["num_levels"], dequantization.bin_width(data["num_levels"], data["data_scale"]), y[0].numel()
     print(f"{args.checkpoint}: {n} {args.split} items, {levels} levels, bin width {width:.4f}, K = {args.draws}")
     print("| dequantizer | sigma | tau | bits/dim | NFE | seconds |\n|---|---|---|---|---|---|")
     for sigma in [None] + [float(s) for s in args.sigmas.split(",")]:
         kind = "uniform" if sigma is None else "truncated_normal"
         start = time.time()
         nats, nfe = dequantization.discrete_nll(
-            exp.sde, exp.score_fn, y, num_levels=levels, data_scale=scale, dequantizer=kind, sigma=sigma,
+            exp.sde, exp.score_fn, y, **{**data, "dequantizer": kind, "sigma": sigma},
             draws=args.draws, generator=torch.Generator(device=exp.device).manual_seed(args.seed),
             nodes=32, num_probes=8, trace="hutchinson-orthogonal")
         bpd = nats / (d * math.log(2))

@@ -8,7 +8,9 @@ uniform: v uniform in the bin, log q = d log(1/w), the classic protocol (score_s
 truncated_normal (Zheng et al. 2023, "Improved techniques for maximum likelihood estimation for diffusion
     ODEs", sec. 5): v = y_k + sigma z with z ~ N(0, I) truncated to the bin, and p(v) = m^d p_t(m v), the
     ODE's density at the time t with sigma(t) = sigma (m = m(t)): the forward process's own noise at t, so a
-    model trained on the undequantized centres is scored on the distribution it was trained on.
+    model trained on the undequantized centres is scored on the distribution it was trained on. The end
+    levels' bins extend to -+inf (the bins partition the whole space, as in DDPM's discretized decoder,
+    Ho et al. 2020 eq. 13), so the forward noise's mass beyond the data range is not lost.
 """
 from __future__ import annotations
 
@@ -39,22 +41,34 @@ def truncation(sigma: float, width: float) -> float:
     return 0.5 * width / sigma
 
 
-def truncated_normal(y: torch.Tensor, sigma: float, width: float,
-                     generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(v, log q(v | k) [B]): v = y + sigma z, z ~ N(0, 1) truncated to [-tau, tau] per dimension.
-
-    z is drawn by inverting the normal CDF on the lower half, u ~ U(Phi(-tau), 1/2), with a random sign,
-    which stays accurate in float64 for any tau (Phi(-tau) > 0 up to tau ~ 37).
-    log q = sum_i [log phi(z_i) - log sigma - log Z],  Z = Phi(tau) - Phi(-tau) = erf(tau / sqrt 2)."""
+def bin_limits(y: torch.Tensor, sigma: float, num_levels: int, data_scale: float, data_shift: float
+               ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Standardized limits (lo, hi) of each centre's bin, (y -+ w/2 - y)/sigma = -+tau, float64; the end
+    levels' bins extend to -+inf, as in the discretized decoder (Ho et al. 2020, eq. 13)."""
+    width = bin_width(num_levels, data_scale)
     tau = truncation(sigma, width)
-    shape, dev = y.shape, y.device
-    lo = float(torch.special.ndtr(torch.tensor(-tau, dtype=torch.float64)))
-    u = lo + (0.5 - lo) * torch.rand(shape, generator=generator, device=dev, dtype=torch.float64)
-    sign = torch.randint(0, 2, shape, generator=generator, device=dev).to(torch.float64) * 2 - 1
-    z = sign * torch.special.ndtri(u).abs()
-    log_z = math.log(math.erf(tau / math.sqrt(2.0)))
-    log_q = (-0.5 * z ** 2 - 0.5 * math.log(2 * math.pi) - math.log(sigma) - log_z).flatten(1).sum(dim=1)
-    return (y.double() + sigma * z).to(y.dtype), log_q
+    y = y.double()
+    lo = torch.full_like(y, -tau).masked_fill(y < data_shift + width, -math.inf)
+    hi = torch.full_like(y, tau).masked_fill(y > data_shift + data_scale - width, math.inf)
+    return lo, hi
+
+
+def truncated_normal(y: torch.Tensor, sigma: float, lo: torch.Tensor, hi: torch.Tensor,
+                     generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(v, log q(v | k) [B]): v = y + sigma z, z ~ N(0, 1) truncated to [lo, hi] per element (lo < 0 < hi).
+
+    z's sign is drawn with the masses on each side of 0, then |z| by inverting the normal CDF on the lower
+    half, u ~ U(Phi(-limit), 1/2], which stays accurate in float64 for any limit (Phi(-limit) > 0 up to ~37).
+    log q = sum_i [log phi(z_i) - log sigma - log Z_i],  Z_i = 1 - Phi(lo_i) - Phi(-hi_i)."""
+    cdf_lo, cdf_hi = torch.special.ndtr(lo), torch.special.ndtr(-hi)     # the masses cut off below / above
+    mass = 1.0 - cdf_lo - cdf_hi
+    draw = lambda: torch.rand(y.shape, generator=generator, dtype=torch.float64).to(y.device)  # noqa: E731
+    positive = draw() * mass < 0.5 - cdf_hi
+    cut = torch.where(positive, cdf_hi, cdf_lo)
+    magnitude = -torch.special.ndtri(cut + (0.5 - cut) * (1.0 - draw()))
+    z = torch.where(positive, magnitude, -magnitude)
+    log_q = -0.5 * z ** 2 - 0.5 * math.log(2 * math.pi) - math.log(sigma) - torch.log1p(-(cdf_lo + cdf_hi))
+    return (y.double() + sigma * z).to(y.dtype), log_q.flatten(1).sum(dim=1)
 
 
 def ode_start_time(sde, sigma: float) -> float:
@@ -67,7 +81,7 @@ def ode_start_time(sde, sigma: float) -> float:
     return t
 
 
-def discrete_nll(sde, score_fn, y: torch.Tensor, *, num_levels: int, data_scale: float,
+def discrete_nll(sde, score_fn, y: torch.Tensor, *, num_levels: int, data_scale: float, data_shift: float,
                  dequantizer: str = "uniform", sigma: Optional[float] = None, draws: int = 1,
                  generator: Optional[torch.Generator] = None, **likelihood_options) -> Tuple[torch.Tensor, int]:
     """(-log P(k) bound [B] in nats, nfe) for the bin centres y [B, ...] (model space) of discrete data.
@@ -86,10 +100,10 @@ def discrete_nll(sde, score_fn, y: torch.Tensor, *, num_levels: int, data_scale:
         u = torch.rand(centres.shape, generator=generator, device=y.device, dtype=torch.float64) - 0.5
         x, offset = (centres.double() + width * u).to(y.dtype), uniform_log_q(dim, num_levels, data_scale)
     else:
-        truncation(sigma, width)
+        lo, hi = bin_limits(centres, sigma, num_levels, data_scale, data_shift)
         t = ode_start_time(sde, sigma)
         m = float(sde.mean_coeff(torch.tensor(t, dtype=torch.float64)))
-        v, log_q = truncated_normal(centres, sigma, width, generator)
+        v, log_q = truncated_normal(centres, sigma, lo.to(y.device), hi.to(y.device), generator)
         x, offset = m * v, log_q.to(y.device) - dim * math.log(m)     # p(v) = m^d p_t(m v)
         likelihood_options = {**likelihood_options, "eps": t}
     nll_fn = likelihood.get_likelihood_fn(sde, **likelihood_options)

@@ -17,20 +17,25 @@ WIDTH = dq.bin_width(LEVELS, SCALE)
 
 
 def test_truncated_normal_stays_in_the_bin_and_matches_scipy():
+    """An end level (-0.8: its bin is open below) and an inner one (0.4), at tau = 2."""
     y = torch.tensor([[-0.8, 0.4]], dtype=torch.float64).repeat(20000, 1)
-    sigma = 0.1                             # tau = 2: a fifth of a standard normal's mass is cut off
-    v, log_q = dq.truncated_normal(y, sigma, WIDTH, torch.Generator().manual_seed(0))
+    sigma = 0.1
+    lo, hi = dq.bin_limits(y, sigma, LEVELS, SCALE, -1.0)
+    assert torch.equal(lo[0], torch.tensor([-math.inf, -2.0], dtype=torch.float64)) and (hi == 2.0).all()
+    v, log_q = dq.truncated_normal(y, sigma, lo, hi, torch.Generator().manual_seed(0))
     z = ((v - y) / sigma).numpy()
-    assert np.abs(z).max() <= 2.0 + 1e-12
-    expect = stats.truncnorm.logpdf(z, -2.0, 2.0).sum(1) - 2 * math.log(sigma)
+    assert z[:, 0].max() <= 2.0 + 1e-12 and z[:, 0].min() < -2.5 and np.abs(z[:, 1]).max() <= 2.0 + 1e-12
+    limits = [(-np.inf, 2.0), (-2.0, 2.0)]
+    expect = sum(stats.truncnorm.logpdf(z[:, i], *limits[i]) for i in range(2)) - 2 * math.log(sigma)
     np.testing.assert_allclose(log_q.numpy(), expect, rtol=0, atol=1e-10)
-    ks = stats.kstest(z[:, 0], stats.truncnorm(-2.0, 2.0).cdf)
-    assert ks.pvalue > 1e-3, ks                   # the draws follow the truncated normal
+    for i in range(2):                                 # the draws follow each truncated normal
+        assert stats.kstest(z[:, i], stats.truncnorm(*limits[i]).cdf).pvalue > 1e-3
 
 
 def test_truncated_normal_is_accurate_far_into_the_tail():
     y = torch.zeros(4000, 1, dtype=torch.float64)
-    v, log_q = dq.truncated_normal(y, 1e-3, 0.1, torch.Generator().manual_seed(1))   # tau = 50
+    lo, hi = dq.bin_limits(y, 1e-3, 21, 2.0, -1.0)      # 0 is the middle level: tau = 47.6 on both sides
+    v, log_q = dq.truncated_normal(y, 1e-3, lo, hi, torch.Generator().manual_seed(1))
     z = v / 1e-3
     assert torch.isfinite(log_q).all() and abs(float(z.std()) - 1.0) < 0.05
     torch.testing.assert_close(log_q, torch.tensor(stats.norm.logpdf(z.numpy()).sum(1) - math.log(1e-3)))
@@ -49,13 +54,14 @@ def test_truncated_normal_bound_of_the_exact_model_is_the_bin_probability_up_to_
     sde = sde_lib.VPSDE()
     grid, weights, mix, score_fn = _discrete_model(sde)
     y = grid.repeat(8, 1)
-    nats, _ = dq.discrete_nll(sde, score_fn, y, num_levels=LEVELS, data_scale=SCALE, dequantizer="truncated_normal",
+    nats, _ = dq.discrete_nll(sde, score_fn, y, num_levels=LEVELS, data_scale=SCALE, data_shift=-1.0,
+                              dequantizer="truncated_normal",
                               sigma=sigma, generator=torch.Generator().manual_seed(2), trace="exact")
     exact = -torch.log(weights).repeat(8)
-    tau = dq.truncation(sigma, WIDTH)
-    gap = -2 * math.log(math.erf(tau / math.sqrt(2)))     # the mass of N(y_k, sigma^2) outside the bin, per datum
+    lo, hi = dq.bin_limits(y, sigma, LEVELS, SCALE, -1.0)
+    cut = -torch.log1p(-(torch.special.ndtr(lo) + torch.special.ndtr(-hi))).sum(1)   # N(y_k, sigma^2) beyond the bin
     assert (nats - exact).mean() > -1e-3                    # a bound: never below -log P(k) on average
-    assert abs(float((nats - exact).mean()) - gap) < 0.02 + 0.2 * gap
+    assert abs(float((nats - exact - cut).mean())) < 0.02 + 0.2 * float(cut.mean())
 
 
 def test_truncated_normal_bound_equals_the_exact_density_at_the_start_time():
@@ -64,9 +70,11 @@ def test_truncated_normal_bound_equals_the_exact_density_at_the_start_time():
     sde = sde_lib.VPSDE()
     grid, weights, mix, score_fn = _discrete_model(sde)
     sigma = 0.3
-    nats, _ = dq.discrete_nll(sde, score_fn, grid, num_levels=LEVELS, data_scale=SCALE, dequantizer="truncated_normal",
+    nats, _ = dq.discrete_nll(sde, score_fn, grid, num_levels=LEVELS, data_scale=SCALE, data_shift=-1.0,
+                              dequantizer="truncated_normal",
                               sigma=sigma, generator=torch.Generator().manual_seed(3), trace="exact")
-    v, log_q = dq.truncated_normal(grid, sigma, WIDTH, torch.Generator().manual_seed(3))
+    v, log_q = dq.truncated_normal(grid, sigma, *dq.bin_limits(grid, sigma, LEVELS, SCALE, -1.0),
+                                   torch.Generator().manual_seed(3))
     t = dq.ode_start_time(sde, sigma)
     m, s = (f(torch.tensor(t, dtype=torch.float64)) for f in (sde.mean_coeff, sde.marginal_std))
     expect = -(mix.log_prob_t(m * v, m, s) + 2 * torch.log(m)) + log_q
@@ -84,7 +92,8 @@ def test_more_draws_tighten_the_uniform_bound_towards_the_bin_probability():
     y = grid.repeat(50, 1)
     means = []
     for draws in (1, 8):
-        nats, _ = dq.discrete_nll(sde, wide.score_fn(sde), y, num_levels=LEVELS, data_scale=SCALE, draws=draws,
+        nats, _ = dq.discrete_nll(sde, wide.score_fn(sde), y, num_levels=LEVELS, data_scale=SCALE, data_shift=-1.0,
+                                  draws=draws,
                                   generator=torch.Generator().manual_seed(4), trace="exact")
         gap = nats - exact.repeat(50)
         assert gap.mean() > -3 * gap.std() / math.sqrt(len(gap))      # a bound on -log P(k)
@@ -109,4 +118,5 @@ def _bin_probability(mix: GaussianMixture, centre: torch.Tensor) -> torch.Tensor
 def test_bad_dequantizer_options_raise_one_line_errors(kwargs, fragment):
     sde = sde_lib.VPSDE()
     with pytest.raises(ValueError, match=fragment):
-        dq.discrete_nll(sde, lambda x, t: -x, torch.zeros(2, 2), num_levels=LEVELS, data_scale=SCALE, **kwargs)
+        dq.discrete_nll(sde, lambda x, t: -x, torch.zeros(2, 2), num_levels=LEVELS, data_scale=SCALE, data_shift=-1.0,
+                        **kwargs)

@@ -339,6 +339,7 @@ def test_eval_bits_per_dim_is_the_dequantized_bound_of_the_bin_centres(tmp_path,
     ema.copy_to(state["model"].parameters())
     score_fn = builders.score_fn_from_model(cfg, builders.sde_from_config(cfg), state["model"].eval())
     nats, _ = dequantization.discrete_nll(builders.sde_from_config(cfg), score_fn, y, num_levels=17, data_scale=2.0,
+                                          data_shift=-1.0,
                                           dequantizer=dequantizer, sigma=sigma, trace="hutchinson-rademacher",
                                           rtol=1e-3, atol=1e-3,
                                           generator=shards.batch_generator(cfg.seed, shards.STREAM_BPD, 0))

@@ -44,13 +44,14 @@ def bits_per_dim(nll: torch.Tensor, config: Any, shape: Tuple[int, ...]) -> torc
 
 
 def dequantizer_options(spec: Spec) -> Dict[str, Any]:
-    """dequantization.discrete_nll's data options: levels, scale, eval.dequantization and its sigma
-    (None: a quarter of the bin width)."""
+    """dequantization.discrete_nll's data options: levels, scale and shift (model space [-1, 1] or [0, 1]),
+    eval.dequantization and its sigma (None: a quarter of the bin width)."""
     levels, scale = int(spec.data.num_levels), 2.0 if spec.data.centered else 1.0
     sigma = spec.eval.dequantization_sigma
     if spec.eval.dequantization == "truncated_normal" and sigma is None:
         sigma = dequantization.bin_width(levels, scale) / 4
-    return dict(num_levels=levels, data_scale=scale, dequantizer=spec.eval.dequantization, sigma=sigma)
+    return dict(num_levels=levels, data_scale=scale, data_shift=-1.0 if spec.data.centered else 0.0,
+                dequantizer=spec.eval.dequantization, sigma=sigma)
 
 
 def eval_bpd(ctx: EvalContext, score_fn: Callable, store: Optional[shards.ShardStore] = None) -> Dict[str, float]:
@@ -71,6 +72,9 @@ def eval_bpd(ctx: EvalContext, score_fn: Callable, store: Optional[shards.ShardS
     n = len(ds) if not limit else min(len(ds), limit * bs)
     options, scaler = cfg.eval.likelihood.options(), datasets.get_data_scaler(cfg)
     discrete = not cfg.data.is_toy and bool(cfg.data.num_levels)
+    if discrete and cfg.eval.dequantization == "truncated_normal" and cfg.data.uniform_dequantization:
+        log.warning("eval.dequantization='truncated_normal' on a model trained on uniformly dequantized data: "
+                    "a valid but loose bound; 'uniform' fits such a model (docs/likelihood.md)")
     num_batches, repeats, draws = -(-n // bs), cfg.eval.bpd_num_repeats, cfg.eval.bpd_dequant_samples
     d = math.prod(ctx.shape)
 
