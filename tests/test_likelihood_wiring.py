@@ -145,3 +145,21 @@ def test_importance_weighted_dequantization_reaches_bits_per_dim(tmp_path):
         Spec.from_config(tiny(eval=dict(bpd_dequant_samples=2, likelihood=dict(trace="hutchinson-rademacher"))))
     Spec.from_config(tiny(eval=dict(bpd_dequant_samples=2, likelihood=dict(trace="hutchinson-rademacher",
                                                                             nodes=16))))
+
+
+@pytest.mark.parametrize("fields, fragment", [
+    (dict(dequantization="gaussian"), r"eval.dequantization='gaussian'; choose one of \('uniform', 'truncated_normal'\)"),
+    (dict(dequantization="truncated_normal", dequantization_sigma=-0.1), "dequantization_sigma must be a positive float"),
+    (dict(dequantization="truncated_normal"), "has no data.num_levels; set eval.dequantization='uniform'"),
+])
+def test_dequantization_fields_are_checked_when_the_spec_is_built(fields, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        Spec.from_config(tiny(eval=fields))          # a 2-D toy: nothing to dequantize
+
+
+def test_dequantization_fields_of_the_digits_config_reach_the_spec():
+    from configs.vp.digits_edm import get_config
+    spec = Spec.from_config(get_config())
+    assert (spec.eval.dequantization, spec.eval.dequantization_sigma) == ("truncated_normal", 0.05)
+    assert not spec.data.uniform_dequantization
+    assert Spec.from_config(get_config(), overrides={"eval.dequantization": "uniform"}).eval.dequantization == "uniform"

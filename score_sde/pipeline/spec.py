@@ -460,14 +460,11 @@ class EvalSpec(Section):
                              "eval.likelihood.trace='exact' or eval.likelihood.nodes (e.g. 32 with num_probes=8)")
         _bools("eval", self, "enable_is", "enable_kid")
         _choice("eval", "dequantization", self.dequantization, DEQUANTIZERS)
-        if self.dequantization_sigma is not None:
-            if self.dequantization != "truncated_normal":
-                raise ValueError("config.eval.dequantization_sigma is the truncated normal's; set "
-                                 "eval.dequantization='truncated_normal' or leave the sigma None")
+        if self.dequantization_sigma is not None:      # read by truncated_normal only
             if isinstance(self.dequantization_sigma, bool) or not (
                     isinstance(self.dequantization_sigma, (int, float)) and self.dequantization_sigma > 0):
                 raise ValueError(f"config.eval.dequantization_sigma must be a positive float (model-space noise, "
-                                 f"e.g. 0.04 for 17-level digits), got {self.dequantization_sigma!r}")
+                                 f"e.g. 0.05 for 17-level digits), got {self.dequantization_sigma!r}")
         _choice("eval", "fid_rounding", self.fid_rounding, ("round", "floor"))
         if self.fid_stats is not None and not str(self.fid_stats).endswith(".npz"):
             raise ValueError(f"config.eval.fid_stats={self.fid_stats!r} must be an .npz path (or None)")
