@@ -34,6 +34,13 @@ def uniform_log_q(dim: int, num_levels: int, data_scale: float) -> float:
     return dim * math.log(num_levels / data_scale)
 
 
+def uniform_draws(shape: torch.Size, generator: Optional[torch.Generator], device: torch.device) -> torch.Tensor:
+    """U[0, 1) float64 draws where the generator lives (a CPU generator drives CUDA data reproducibly),
+    moved to `device`."""
+    where = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=where, dtype=torch.float64).to(device)
+
+
 def truncation(sigma: float, width: float) -> float:
     """tau = (w/2) / sigma: the bin's half-width in units of the proposal's standard deviation."""
     if sigma is None or not sigma > 0:
@@ -62,10 +69,9 @@ def truncated_normal(y: torch.Tensor, sigma: float, lo: torch.Tensor, hi: torch.
     log q = sum_i [log phi(z_i) - log sigma - log Z_i],  Z_i = 1 - Phi(lo_i) - Phi(-hi_i)."""
     cdf_lo, cdf_hi = torch.special.ndtr(lo), torch.special.ndtr(-hi)     # the masses cut off below / above
     mass = 1.0 - cdf_lo - cdf_hi
-    draw = lambda: torch.rand(y.shape, generator=generator, dtype=torch.float64).to(y.device)  # noqa: E731
-    positive = draw() * mass < 0.5 - cdf_hi
+    positive = uniform_draws(y.shape, generator, y.device) * mass < 0.5 - cdf_hi
     cut = torch.where(positive, cdf_hi, cdf_lo)
-    magnitude = -torch.special.ndtri(cut + (0.5 - cut) * (1.0 - draw()))
+    magnitude = -torch.special.ndtri(cut + (0.5 - cut) * (1.0 - uniform_draws(y.shape, generator, y.device)))
     z = torch.where(positive, magnitude, -magnitude)
     log_q = -0.5 * z ** 2 - 0.5 * math.log(2 * math.pi) - math.log(sigma) - torch.log1p(-(cdf_lo + cdf_hi))
     return (y.double() + sigma * z).to(y.dtype), log_q.flatten(1).sum(dim=1)
@@ -97,7 +103,7 @@ def discrete_nll(sde, score_fn, y: torch.Tensor, *, num_levels: int, data_scale:
     width, dim = bin_width(num_levels, data_scale), y[0].numel()
     centres = y.repeat_interleave(draws, dim=0)
     if dequantizer == "uniform":
-        u = torch.rand(centres.shape, generator=generator, device=y.device, dtype=torch.float64) - 0.5
+        u = uniform_draws(centres.shape, generator, y.device) - 0.5
         x, offset = (centres.double() + width * u).to(y.dtype), uniform_log_q(dim, num_levels, data_scale)
     else:
         lo, hi = bin_limits(centres, sigma, num_levels, data_scale, data_shift)
