@@ -108,6 +108,10 @@ def eval_bpd(ctx: EvalContext, score_fn: Callable, store: Optional[shards.ShardS
         result.update(num_repeats=repeats, bits_per_dim_passes=[float(b) for b in bpd.mean(dim=1)])
     if draws > 1:
         result.update(dequant_samples=draws, bound="importance-weighted over the dequantization draws")
+    bound = f", {cfg.eval.dequantization} dequantization" if discrete else ""
+    log.info("bits/dim %.4f ± %.4f on %d %s items (probability-flow ODE%s, %.0f NFE per batch)",
+             result["bits_per_dim"], result["bits_per_dim_stderr"], result["num_examples"], cfg.eval.bpd_dataset,
+             bound, result["nfe_mean"])
     return result
 
 
