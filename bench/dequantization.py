@@ -37,7 +37,7 @@ def main() -> None:
     args = ap.parse_args()
     exp = score_sde.load(args.checkpoint)
     spec = exp.spec
-    if spec.data.is_toy or not spec.data.num_levels:
+    if not spec.data.is_discrete:
         raise SystemExit(f"error: {spec.data.dataset!r} is not discrete (no data.num_levels); nothing to dequantize")
     ds = split(spec, args.split, centres=True)
     n = min(args.items, len(ds))

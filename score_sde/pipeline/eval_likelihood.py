@@ -36,11 +36,10 @@ def eval_loss(ctx: EvalContext) -> Dict[str, float]:
 def bits_per_dim(nll: torch.Tensor, config: Any, shape: Tuple[int, ...]) -> torch.Tensor:
     """Per-example bits/dim of the [0,1]-dequantized data; toys (no levels): nll / (d ln 2)."""
     data = as_spec(config).data
-    levels = data.num_levels
-    if data.is_toy or not levels:
+    if not data.is_discrete:
         return nll / (math.prod(shape) * math.log(2.0))
     scale = 2.0 if data.centered else 1.0
-    return torch.as_tensor(likelihood.bits_per_dim(nll, shape, num_levels=int(levels), data_scale=scale))
+    return torch.as_tensor(likelihood.bits_per_dim(nll, shape, num_levels=int(data.num_levels), data_scale=scale))
 
 
 def dequantizer_options(spec: Spec) -> Dict[str, Any]:
@@ -71,12 +70,11 @@ def eval_bpd(ctx: EvalContext, score_fn: Callable, store: Optional[shards.ShardS
     bs, limit = cfg.eval.batch_size, cfg.eval.bpd_num_batches
     n = len(ds) if not limit else min(len(ds), limit * bs)
     options, scaler = cfg.eval.likelihood.options(), datasets.get_data_scaler(cfg)
-    discrete = not cfg.data.is_toy and bool(cfg.data.num_levels)
+    discrete = cfg.data.is_discrete
     if discrete and cfg.eval.dequantization == "truncated_normal" and cfg.data.uniform_dequantization:
         log.warning("eval.dequantization='truncated_normal' on a model trained on uniformly dequantized data: "
                     "a valid but loose bound; 'uniform' fits such a model (docs/likelihood.md)")
     num_batches, repeats, draws = -(-n // bs), cfg.eval.bpd_num_repeats, cfg.eval.bpd_dequant_samples
-    d = math.prod(ctx.shape)
 
     def batch(k: int) -> Dict[str, torch.Tensor]:
         j = k % num_batches
@@ -93,22 +91,27 @@ def eval_bpd(ctx: EvalContext, score_fn: Callable, store: Optional[shards.ShardS
 
     out = shards.run_batches(batch, num_batches * repeats, info, store, ctx.bar("bits/dim"))
     nll = out.get("nll", torch.zeros(0, dtype=torch.float64)).reshape(repeats, -1)   # [repeats, examples]
-    nfe = out.get("nfe", torch.zeros(0, dtype=torch.float64))
+    return bpd_report(cfg, nll, out.get("nfe", torch.zeros(0, dtype=torch.float64)), math.prod(ctx.shape))
+
+
+def bpd_report(cfg: Spec, nll: torch.Tensor, nfe: torch.Tensor, d: int) -> Dict[str, Any]:
+    """bpd.json's fields from the code lengths [repeats, examples] in nats, and a log line."""
     bpd = nll / (d * math.log(2.0))
     per_example = bpd.mean(dim=0)
     result = {"bits_per_dim": float(bpd.mean()) if bpd.numel() else float("nan"),
               "bits_per_dim_stderr": float(per_example.std() / math.sqrt(len(per_example)))
               if len(per_example) > 1 else 0.0, "nll_nats": float(nll.mean()) if nll.numel() else float("nan"),
               "num_examples": int(nll.shape[1]), "nfe_mean": float(nfe.mean()) if len(nfe) else 0.0}
-    if discrete:
+    if cfg.data.is_discrete:
         result.update(dequantization=cfg.eval.dequantization)
         if cfg.eval.dequantization == "truncated_normal":
             result.update(dequantization_sigma=dequantizer_options(cfg)["sigma"])
-    if repeats > 1:
-        result.update(num_repeats=repeats, bits_per_dim_passes=[float(b) for b in bpd.mean(dim=1)])
-    if draws > 1:
-        result.update(dequant_samples=draws, bound="importance-weighted over the dequantization draws")
-    bound = f", {cfg.eval.dequantization} dequantization" if discrete else ""
+    if nll.shape[0] > 1:
+        result.update(num_repeats=nll.shape[0], bits_per_dim_passes=[float(b) for b in bpd.mean(dim=1)])
+    if cfg.eval.bpd_dequant_samples > 1:
+        result.update(dequant_samples=cfg.eval.bpd_dequant_samples,
+                      bound="importance-weighted over the dequantization draws")
+    bound = f", {cfg.eval.dequantization} dequantization" if cfg.data.is_discrete else ""
     log.info("bits/dim %.4f ± %.4f on %d %s items (probability-flow ODE%s, %.0f NFE per batch)",
              result["bits_per_dim"], result["bits_per_dim_stderr"], result["num_examples"], cfg.eval.bpd_dataset,
              bound, result["nfe_mean"])
@@ -128,8 +131,7 @@ def eval_vlb(ctx: EvalContext) -> Dict[str, Any]:
     ds = ctx.split(cfg.eval.bpd_dataset, centres=True)
     bs, limit = cfg.eval.batch_size, cfg.eval.bpd_num_batches
     n = len(ds) if not limit else min(len(ds), limit * bs)
-    variance, levels = vlb_variance(cfg), cfg.data.get("num_levels")
-    discrete = not cfg.data.is_toy and bool(levels)
+    variance, levels, discrete = vlb_variance(cfg), cfg.data.num_levels, cfg.data.is_discrete
     options = dict(decoder="discretized" if discrete else "gaussian", variance=variance,
                    num_levels=int(levels or 256), data_scale=2.0 if cfg.data.centered else 1.0,
                    data_shift=-1.0 if cfg.data.centered else 0.0)

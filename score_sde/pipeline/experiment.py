@@ -68,7 +68,7 @@ class Experiment:
         the spec's eval.dequantization, as --mode eval does; nll options as in `nll`."""
         x = datasets.get_data_scaler(self.spec)(batch.to(self.device))
         data = self.spec.data
-        if data.is_toy or not data.num_levels:
+        if not data.is_discrete:
             return eval_likelihood.bits_per_dim(self.nll(x, generator=generator, **options).double(), self.spec,
                                                 self.spec.shape)
         levels = int(data.num_levels)

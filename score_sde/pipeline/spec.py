@@ -147,6 +147,11 @@ class DataSpec(Section):
         return self.dataset in TOY_DATASETS
 
     @property
+    def is_discrete(self) -> bool:
+        """Images on data.num_levels grey levels: their bits/dim are a code length of the levels."""
+        return not self.is_toy and bool(self.num_levels)
+
+    @property
     def shape(self) -> Tuple[int, ...]:
         """One item: (dim,) for toy points, (C, H, W) for images."""
         return (self.dim,) if self.is_toy else (self.num_channels, self.image_size, self.image_size)
@@ -636,7 +641,7 @@ def check_likelihood_fields(spec: "Spec") -> None:
                          "model.learned_variance=True or eval.vlb_variance='beta'")
     if spec.model.preconditioning == "edm":
         check_preconditioning(spec)
-    if spec.eval.dequantization != "uniform" and (spec.data.is_toy or not spec.data.num_levels):
+    if spec.eval.dequantization != "uniform" and not spec.data.is_discrete:
         raise ValueError(f"eval.dequantization={spec.eval.dequantization!r} dequantizes discrete data, and "
                          f"{spec.data.dataset!r} has no data.num_levels; set eval.dequantization='uniform'")
 
