@@ -49,9 +49,10 @@ def _discrete_model(sde):
     return grid, weights, mix, mix.score_fn(sde)
 
 
-@pytest.mark.parametrize("sigma", [0.1, 0.2 / 3])
-def test_truncated_normal_bound_of_the_exact_model_is_the_bin_probability_up_to_the_cut_mass(sigma):
-    sde = sde_lib.VPSDE()
+@pytest.mark.parametrize("sde_cls, sigma", [(sde_lib.VPSDE, 0.1), (sde_lib.VPSDE, 0.2 / 3),
+                                            (sde_lib.subVPSDE, 0.1), (sde_lib.VESDE, 0.1)])
+def test_truncated_normal_bound_of_the_exact_model_is_the_bin_probability_up_to_the_cut_mass(sde_cls, sigma):
+    sde = sde_cls()
     grid, weights, mix, score_fn = _discrete_model(sde)
     y = grid.repeat(8, 1)
     nats, _ = dq.discrete_nll(sde, score_fn, y, num_levels=LEVELS, data_scale=SCALE, data_shift=-1.0,
