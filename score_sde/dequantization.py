@@ -52,12 +52,11 @@ def bin_limits(y: torch.Tensor, sigma: float, num_levels: int, data_scale: float
                ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Standardized limits (lo, hi) of each centre's bin, (y -+ w/2 - y)/sigma = -+tau, float64; the end
     levels' bins extend to -+inf, as in the discretized decoder (Ho et al. 2020, eq. 13)."""
-    width = bin_width(num_levels, data_scale)
-    tau = truncation(sigma, width)
+    tau = truncation(sigma, bin_width(num_levels, data_scale))
     y = y.double()
-    lo = torch.full_like(y, -tau).masked_fill(y < data_shift + width, -math.inf)
-    hi = torch.full_like(y, tau).masked_fill(y > data_shift + data_scale - width, math.inf)
-    return lo, hi
+    lowest, highest = likelihood.end_levels(y, num_levels=num_levels, data_scale=data_scale, data_shift=data_shift)
+    lo = torch.full_like(y, -tau).masked_fill(lowest, -math.inf)
+    return lo, torch.full_like(y, tau).masked_fill(highest, math.inf)
 
 
 def truncated_normal(y: torch.Tensor, sigma: float, lo: torch.Tensor, hi: torch.Tensor,
@@ -66,14 +65,15 @@ def truncated_normal(y: torch.Tensor, sigma: float, lo: torch.Tensor, hi: torch.
 
     z's sign is drawn with the masses on each side of 0, then |z| by inverting the normal CDF on the lower
     half, u ~ U(Phi(-limit), 1/2], which stays accurate in float64 for any limit (Phi(-limit) > 0 up to ~37).
-    log q = sum_i [log phi(z_i) - log sigma - log Z_i],  Z_i = 1 - Phi(lo_i) - Phi(-hi_i)."""
+    log q = sum_i [log phi(z_i) - log sigma - log Z_i],  Z_i = Phi(hi_i) - Phi(lo_i)."""
     cdf_lo, cdf_hi = torch.special.ndtr(lo), torch.special.ndtr(-hi)     # the masses cut off below / above
     mass = 1.0 - cdf_lo - cdf_hi
     positive = uniform_draws(y.shape, generator, y.device) * mass < 0.5 - cdf_hi
     cut = torch.where(positive, cdf_hi, cdf_lo)
     magnitude = -torch.special.ndtri(cut + (0.5 - cut) * (1.0 - uniform_draws(y.shape, generator, y.device)))
     z = torch.where(positive, magnitude, -magnitude)
-    log_q = -0.5 * z ** 2 - 0.5 * math.log(2 * math.pi) - math.log(sigma) - torch.log1p(-(cdf_lo + cdf_hi))
+    log_z = likelihood.log_normal_interval(lo, hi)                      # the normal mass inside the bin
+    log_q = -0.5 * z ** 2 - 0.5 * math.log(2 * math.pi) - math.log(sigma) - log_z
     return (y.double() + sigma * z).to(y.dtype), log_q.flatten(1).sum(dim=1)
 
 

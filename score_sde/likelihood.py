@@ -303,12 +303,14 @@ def bits_per_dim(nll_nats: Union[torch.Tensor, float], x_shape_or_dim: Union[int
 
 
 def importance_weighted_nll(nll: torch.Tensor) -> torch.Tensor:
-    """[B, K] nlls of K dequantizations k + u_j of each datum -> [B] nats: -log (1/K sum_j p(k + u_j)).
+    """[B, K] bounds -log p(v_j) + log q(v_j | k) of K dequantizations v_j of each datum -> [B] nats:
+    -log (1/K sum_j p(v_j) / q(v_j | k)).
 
-    log P(k) = log E_u p(k + u) >= E log (1/K sum_j p(k + u_j)) >= E log p(k + u): the importance-weighted
-    bound (Burda et al. 2016, thm. 1) with the uniform dequantizer as proposal; it tightens as K grows and
-    is the plain uniform-dequantization bound at K = 1. The nlls must be accurate: noise of variance v in
-    them lowers the result by up to v/2 (Jensen), so use the exact trace or the two-pass quadrature."""
+    log P(k) = log E_q p(v)/q(v|k) >= E log (1/K sum_j p(v_j)/q(v_j|k)) >= E log p(v)/q(v|k): the
+    importance-weighted bound (Burda et al. 2016, thm. 1) with the dequantizer q as proposal (uniform: log q
+    is the constant d log(L / data_scale); dequantization.discrete_nll adds it); it tightens as K grows and
+    is the plain bound at K = 1. The inputs must be accurate: noise of variance v in them lowers the result
+    by up to v/2 (Jensen), so use the exact trace or the two-pass quadrature."""
     if nll.dim() != 2 or nll.shape[1] < 1:
         raise ValueError(f"importance_weighted_nll takes [batch, K] nlls, got shape {tuple(nll.shape)}")
     return -(torch.logsumexp(-nll, dim=1) - math.log(nll.shape[1]))
@@ -385,7 +387,7 @@ def _gaussian_kl(mean_q: torch.Tensor, log_var_q: Union[float, torch.Tensor], me
                   + (mean_q - mean_p) ** 2 / torch.exp(log_var_p) - 1)
 
 
-def _log_normal_interval(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+def log_normal_interval(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     """log(Phi(hi) - Phi(lo)) for standardized bounds lo < hi (+-inf allowed), without cancellation:
     intervals above 0 are mirrored below it, where both log-CDFs are accurate."""
     flip = lo > 0
@@ -404,10 +406,18 @@ def discretized_gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_var: 
     the end bins extend to -+inf. (Ho et al. put k at k/127.5 - 1 with bins of width 2/255.)"""
     width = data_scale / num_levels
     std = torch.exp(0.5 * torch.as_tensor(log_var, dtype=x.dtype, device=x.device))
-    lo = torch.where(x < data_shift + width, torch.full_like(x, -math.inf), (x - 0.5 * width - mean) / std)
-    hi = torch.where(x > data_shift + data_scale - width, torch.full_like(x, math.inf),
-                     (x + 0.5 * width - mean) / std)
-    return _log_normal_interval(lo, hi)
+    lowest, highest = end_levels(x, num_levels=num_levels, data_scale=data_scale, data_shift=data_shift)
+    lo = torch.where(lowest, torch.full_like(x, -math.inf), (x - 0.5 * width - mean) / std)
+    hi = torch.where(highest, torch.full_like(x, math.inf), (x + 0.5 * width - mean) / std)
+    return log_normal_interval(lo, hi)
+
+
+def end_levels(x: torch.Tensor, *, num_levels: int, data_scale: float, data_shift: float
+               ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Masks of the bin centres x at the lowest and highest level: their bins extend to -inf and +inf
+    (Ho et al. eq. 13), so the bins partition the line and no probability falls outside the data range."""
+    width = data_scale / num_levels
+    return x < data_shift + width, x > data_shift + data_scale - width
 
 
 def _check_vlb_options(decoder: str, variance: str, prediction: str, num_levels: int, data_scale: float) -> None:
