@@ -38,19 +38,18 @@ def bits_per_dim(nll: torch.Tensor, config: Any, shape: Tuple[int, ...]) -> torc
     data = as_spec(config).data
     if not data.is_discrete:
         return nll / (math.prod(shape) * math.log(2.0))
-    scale = 2.0 if data.centered else 1.0
-    return torch.as_tensor(likelihood.bits_per_dim(nll, shape, num_levels=int(data.num_levels), data_scale=scale))
+    levels = data.quantization
+    return torch.as_tensor(likelihood.bits_per_dim(nll, shape, num_levels=levels["num_levels"],
+                                                   data_scale=levels["data_scale"]))
 
 
 def dequantizer_options(spec: Spec) -> Dict[str, Any]:
-    """dequantization.discrete_nll's data options: levels, scale and shift (model space [-1, 1] or [0, 1]),
+    """dequantization.discrete_nll's data options: the levels in model space (DataSpec.quantization),
     eval.dequantization and its sigma (None: a quarter of the bin width)."""
-    levels, scale = int(spec.data.num_levels), 2.0 if spec.data.centered else 1.0
-    sigma = spec.eval.dequantization_sigma
+    levels, sigma = spec.data.quantization, spec.eval.dequantization_sigma
     if spec.eval.dequantization == "truncated_normal" and sigma is None:
-        sigma = dequantization.bin_width(levels, scale) / 4
-    return dict(num_levels=levels, data_scale=scale, data_shift=-1.0 if spec.data.centered else 0.0,
-                dequantizer=spec.eval.dequantization, sigma=sigma)
+        sigma = dequantization.bin_width(levels["num_levels"], levels["data_scale"]) / 4
+    return dict(levels, dequantizer=spec.eval.dequantization, sigma=sigma)
 
 
 def eval_bpd(ctx: EvalContext, score_fn: Callable, store: Optional[shards.ShardStore] = None) -> Dict[str, float]:
@@ -131,10 +130,8 @@ def eval_vlb(ctx: EvalContext) -> Dict[str, Any]:
     ds = ctx.split(cfg.eval.bpd_dataset, centres=True)
     bs, limit = cfg.eval.batch_size, cfg.eval.bpd_num_batches
     n = len(ds) if not limit else min(len(ds), limit * bs)
-    variance, levels, discrete = vlb_variance(cfg), cfg.data.num_levels, cfg.data.is_discrete
-    options = dict(decoder="discretized" if discrete else "gaussian", variance=variance,
-                   num_levels=int(levels or 256), data_scale=2.0 if cfg.data.centered else 1.0,
-                   data_shift=-1.0 if cfg.data.centered else 0.0)
+    variance, discrete = vlb_variance(cfg), cfg.data.is_discrete
+    options = dict(decoder="discretized" if discrete else "gaussian", variance=variance, **cfg.data.quantization)
     if variance == "learned":
         model_fn, prediction = losses.learned_variance_fn(ctx.sde, ctx.model, continuous=False,
                                                           prediction=cfg.model.prediction), "eps"

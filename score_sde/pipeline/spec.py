@@ -147,6 +147,13 @@ class DataSpec(Section):
         return self.dataset in TOY_DATASETS
 
     @property
+    def quantization(self) -> Dict[str, Any]:
+        """Where the levels sit in model space: level k at data_scale (k + 1/2)/L + data_shift, [-1, 1] for
+        centered data, [0, 1] otherwise (num_levels 256 where the data have none: toys' Gaussian decoder)."""
+        return dict(num_levels=int(self.num_levels or 256), data_scale=2.0 if self.centered else 1.0,
+                    data_shift=-1.0 if self.centered else 0.0)
+
+    @property
     def is_discrete(self) -> bool:
         """Images on data.num_levels grey levels: their bits/dim are a code length of the levels."""
         return not self.is_toy and bool(self.num_levels)
@@ -674,9 +681,7 @@ def step_options(spec: "Spec") -> Dict[str, Any]:
     if spec.model.preconditioning == "edm" and tr.weighting is None and not tr.likelihood_weighting:
         out["weighting"] = "edm"  # EDM's lambda(sigma): F's target at unit weight (issue 12, p4edm)
     if spec.model.learned_variance:
-        levels = data.get("num_levels") or 256
-        out.update(learned_variance=True, vlb_weight=tr.hybrid_lambda, num_levels=int(levels),
-                   data_scale=2.0 if data.centered else 1.0, data_shift=-1.0 if data.centered else 0.0)
+        out.update(learned_variance=True, vlb_weight=tr.hybrid_lambda, **data.quantization)
     return out
 
 
