@@ -66,14 +66,13 @@ class Experiment:
         """Bits/dim of each item of a data-space batch as the data sets yield it (toy points as drawn;
         images in [0, 1], dequantized or not): images are snapped to their bins' centres and dequantized by
         the spec's eval.dequantization, as --mode eval does; nll options as in `nll`."""
-        x = datasets.get_data_scaler(self.spec)(batch.to(self.device))
-        data = self.spec.data
+        scaler, data = datasets.get_data_scaler(self.spec), self.spec.data
         if not data.is_discrete:
-            return eval_likelihood.bits_per_dim(self.nll(x, generator=generator, **options).double(), self.spec,
-                                                self.spec.shape)
+            nll = self.nll(scaler(batch.to(self.device)), generator=generator, **options)
+            return eval_likelihood.bits_per_dim(nll.double(), self.spec, self.spec.shape)
         levels = int(data.num_levels)
-        centres = datasets.get_data_scaler(self.spec)((torch.floor(batch.clamp(0, 1 - 1e-7) * levels) + 0.5) / levels)
-        nats, _ = dequantization.discrete_nll(self.sde, self.score_fn, centres.to(self.device), generator=generator,
+        centres = scaler((torch.floor(batch.to(self.device).clamp(0, 1 - 1e-7) * levels) + 0.5) / levels)
+        nats, _ = dequantization.discrete_nll(self.sde, self.score_fn, centres, generator=generator,
                                               **eval_likelihood.dequantizer_options(self.spec),
                                               **{**self.spec.eval.likelihood.options(), **options})
         return nats / (math.prod(self.spec.shape) * math.log(2.0))
