@@ -112,6 +112,11 @@ def barrier(info: DistInfo) -> None:
             dist.barrier()
 
 
+def forked_rng(info: DistInfo):
+    """A context whose draws leave the global RNG (CPU, and this rank's CUDA device) as they found it."""
+    return torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda" else [])
+
+
 def rank_seed(seed: int, rank: int) -> int:
     """A distinct, reproducible seed per rank."""
     return int(seed) + 1_000_003 * int(rank)

@@ -9,7 +9,7 @@ import torch
 
 import tiny_configs
 from score_sde import checkpoint, data_stream, evaluation, losses, report, sde_lib, shards, training
-from score_sde.pipeline import train as train_loop
+from score_sde.pipeline import train_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # configs/ is imported as a package, as main.py does
@@ -164,12 +164,12 @@ def test_snapshot_samples_killed_after_their_checkpoint_are_drawn_on_resume(tmp_
     def killed(*args, **kwargs):
         raise _Killed("SIGKILL while drawing snapshot samples")
 
-    monkeypatch.setattr(train_loop, "snapshot_samples", killed)  # where the loop looks it up
+    monkeypatch.setattr(train_report, "snapshot_samples", killed)  # where log_snapshot looks it up
     with pytest.raises(_Killed):
         training.train(config, str(tmp_path), progress=False)
     npz = tmp_path / "samples" / "iter_2" / "samples.npz"
     assert os.path.isfile(checkpoint.checkpoint_path(str(tmp_path), 2)) and not npz.exists()
-    monkeypatch.setattr(train_loop, "snapshot_samples", real)
+    monkeypatch.setattr(train_report, "snapshot_samples", real)
     training.train(config, str(tmp_path), progress=False)  # resumes at step 2 = n_iters: only the snapshot
     assert npz.exists()
 

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import builders, checkpoint, data_stream, datasets, distributed, losses, preemption, workdir_lock
 from .spec import Spec, TrainingSpec, as_spec, step_options
-from .train_report import Logger, snapshot_missing, snapshot_samples
+from .train_report import Logger, log_snapshot, snapshot_missing
 from .train_state import check_grad_norm, fingerprint_fields, resume, save, seed_everything
 
 log = logging.getLogger(__name__)
@@ -149,11 +149,7 @@ def _train(spec: Spec, workdir: str, s: TrainingSpec, info: distributed.DistInfo
     try:
         missing = snapshot_missing(workdir, s, start) if info.is_main else None  # rank 0's files decide
         if distributed.broadcast_object(missing, info):  # a SIGKILL hit the snapshot sampling after its save
-            with torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda" else []):
-                image = snapshot_samples(spec, sde, state, workdir, start, info)
-            if image is not None:
-                logger.image(start, image)
-            distributed.barrier(info)
+            log_snapshot(logger, spec, sde, state, workdir, start, info)
         while state["step"] < s.n_iters:
             batch, noise = next(batches)  # loss noise keyed per item: the same for any process count
             batch, labels = split_labels(batch, spec, info.device, True, noise.drop)  # dropout keyed per item
@@ -168,7 +164,7 @@ def _train(spec: Spec, workdir: str, s: TrainingSpec, info: distributed.DistInfo
                                                                  info)) / info.world_size
                 logger.scalars(step, stats, "train/")
             if step % s.eval_freq == 0:
-                with torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda" else []):
+                with distributed.forked_rng(info):
                     torch.manual_seed(distributed.rank_seed(seed * 31 + step, info.rank))
                     eb, el = split_labels(eval_batch(eval_ds, local_batch, seed + info.rank, step), spec,
                                           info.device, False)
@@ -180,11 +176,7 @@ def _train(spec: Spec, workdir: str, s: TrainingSpec, info: distributed.DistInfo
             if step % s.snapshot_freq == 0 or step == s.n_iters:
                 last_good = save(state, spec, checkpoint.checkpoint_path(workdir, step), info, last_good)
                 if s.snapshot_sampling:
-                    with torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda" else []):
-                        logger_image = snapshot_samples(spec, sde, state, workdir, step, info)
-                    if logger_image is not None:
-                        logger.image(step, logger_image)
-                    distributed.barrier(info)
+                    log_snapshot(logger, spec, sde, state, workdir, step, info)
             if step < s.n_iters and stop.requested(info):  # (a stop at the last step just finishes)
                 if not saved_meta:
                     save(state, spec, checkpoint.meta_checkpoint_path(workdir), info, last_good)

@@ -78,6 +78,17 @@ def snapshot_missing(workdir: str, s: TrainingSpec, step: int) -> bool:
     return not done and os.path.isfile(checkpoint.checkpoint_path(workdir, step))
 
 
+def log_snapshot(logger: "Logger", spec: Spec, sde, state: Dict[str, Any], workdir: str, step: int,
+                 info: distributed.DistInfo) -> None:
+    """snapshot_samples inside a forked RNG (training's stream is untouched), its grid to TensorBoard;
+    every rank waits for rank 0's files."""
+    with distributed.forked_rng(info):
+        image = snapshot_samples(spec, sde, state, workdir, step, info)
+    if image is not None:
+        logger.image(step, image)
+    distributed.barrier(info)
+
+
 def snapshot_samples(spec: Spec, sde, state: Dict[str, Any], workdir: str, step: int,
                      info: distributed.DistInfo) -> Optional[np.ndarray]:
     """Draw samples with the configured sampler and EMA weights; write samples/iter_<step>/ (rank 0).
