@@ -52,6 +52,14 @@ def dequantizer_options(spec: Spec) -> Dict[str, Any]:
     return dict(levels, dequantizer=spec.eval.dequantization, sigma=sigma)
 
 
+def bound_items(ctx: EvalContext) -> Tuple[Any, int, int]:
+    """(eval.bpd_dataset's bin centres, how many the bounds score, batch size): the first
+    eval.bpd_num_batches batches of eval.batch_size items (0: the whole split)."""
+    ev = ctx.config.eval
+    ds, limit = ctx.split(ev.bpd_dataset, centres=True), ev.bpd_num_batches
+    return ds, len(ds) if not limit else min(len(ds), limit * ev.batch_size), ev.batch_size
+
+
 def eval_bpd(ctx: EvalContext, score_fn: Callable, store: Optional[shards.ShardStore] = None) -> Dict[str, float]:
     """Bits/dim on eval.bpd_dataset via the probability-flow ODE with the eval.likelihood protocol, averaged
     over eval.bpd_num_repeats passes (fresh dequantization noise and probes each); the standard error is
@@ -65,9 +73,7 @@ def eval_bpd(ctx: EvalContext, score_fn: Callable, store: Optional[shards.ShardS
     probes from (config.seed, k): results do not depend on the number of processes, and with a `store` a
     killed job resumes at its first missing batch with identical results (score_sde.shards)."""
     cfg, info = ctx.config, ctx.info
-    ds = ctx.split(cfg.eval.bpd_dataset, centres=True)
-    bs, limit = cfg.eval.batch_size, cfg.eval.bpd_num_batches
-    n = len(ds) if not limit else min(len(ds), limit * bs)
+    ds, n, bs = bound_items(ctx)
     options, scaler = cfg.eval.likelihood.options(), datasets.get_data_scaler(cfg)
     discrete = cfg.data.is_discrete
     if discrete and cfg.eval.dequantization == "truncated_normal" and cfg.data.uniform_dequantization:
@@ -127,9 +133,7 @@ def eval_vlb(ctx: EvalContext) -> Dict[str, Any]:
     eval.bpd_dataset: per-term nats and bits/dim; discretized decoder on image levels, Gaussian on toys.
     Bits/dim = total / (d ln 2): a code length of the discrete data, comparable with the ODE's bits/dim."""
     cfg, info = ctx.config, ctx.info
-    ds = ctx.split(cfg.eval.bpd_dataset, centres=True)
-    bs, limit = cfg.eval.batch_size, cfg.eval.bpd_num_batches
-    n = len(ds) if not limit else min(len(ds), limit * bs)
+    ds, n, bs = bound_items(ctx)
     variance, discrete = vlb_variance(cfg), cfg.data.is_discrete
     options = dict(decoder="discretized" if discrete else "gaussian", variance=variance, **cfg.data.quantization)
     if variance == "learned":
