@@ -228,6 +228,16 @@ def _tiny_digits_config(inception_path: str, **eval_overrides) -> ml_collections
     return cfg
 
 
+def _evaluate_fresh_model(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Seed-0 initial weights saved as step 1, evaluated as the config enables; returns that state."""
+    torch.manual_seed(0)
+    state = builders.create_state(cfg, torch.device("cpu"))
+    checkpoint.save_checkpoint(checkpoint.checkpoint_path(workdir, 1),
+                               builders.state_dict_for_checkpoint(dict(state, step=1)))
+    evaluation.evaluate(cfg, workdir)
+    return state
+
+
 @pytest.mark.parametrize("split", ["test", "train"])
 def test_fid_end_to_end_from_local_weights(tmp_path, inception_file, split):
     """evaluate() -> report.json fid equals the Frechet distance of Inception features of the saved
@@ -235,11 +245,7 @@ def test_fid_end_to_end_from_local_weights(tmp_path, inception_file, split):
     from score_sde import datasets, inception, metrics
 
     cfg = _tiny_digits_config(inception_file, reference_split=split)
-    torch.manual_seed(0)
-    state = builders.create_state(cfg, torch.device("cpu"))
-    checkpoint.save_checkpoint(checkpoint.checkpoint_path(str(tmp_path), 1),
-                               builders.state_dict_for_checkpoint(dict(state, step=1)))
-    evaluation.evaluate(cfg, str(tmp_path))
+    _evaluate_fresh_model(cfg, str(tmp_path))
     out = _sampler_dir(os.path.join(str(tmp_path), "eval", "ckpt_1"), "unipc")
     m = json.load(open(os.path.join(out, "report.json")))["metrics"]
     assert m["reference_split"] == split and m["num_reference"] == 5
@@ -324,11 +330,7 @@ def test_eval_bits_per_dim_is_the_dequantized_bound_of_the_bin_centres(tmp_path,
     cfg = _tiny_digits_config("unused", enable_fid=False, enable_sampling=False, enable_bpd=True, batch_size=3,
                               bpd_num_batches=1, dequantization=dequantizer)
     cfg.eval.likelihood.update(dict(trace="hutchinson-rademacher", rtol=1e-3, atol=1e-3))
-    torch.manual_seed(0)
-    state = builders.create_state(cfg, torch.device("cpu"))
-    checkpoint.save_checkpoint(checkpoint.checkpoint_path(str(tmp_path), 1),
-                               builders.state_dict_for_checkpoint(dict(state, step=1)))
-    evaluation.evaluate(cfg, str(tmp_path))
+    state = _evaluate_fresh_model(cfg, str(tmp_path))
     bpd = json.load(open(os.path.join(str(tmp_path), "eval", "ckpt_1", "bpd.json")))
     assert bpd["dequantization"] == dequantizer
     sigma = 2.0 / 17 / 4 if dequantizer == "truncated_normal" else None
